@@ -1,0 +1,48 @@
+//! The parallel kernel: every tensor cut into [`PAR_CHUNK`]-element chunks,
+//! all chunks of all tensors scheduled in one rayon pass (multi-tensor apply)
+//! on the caller's pool, each chunk run by the serial SIMD kernel.
+
+use rayon::prelude::*;
+
+use crate::{Config, Element, Update};
+
+/// Whether this build has the parallel kernel.
+pub const AVAILABLE: bool = true;
+
+/// Elements per parallel task. Large enough that scheduling costs vanish next
+/// to the work, small enough that a 1M-element step still splits into dozens
+/// of tasks for load balance.
+pub const PAR_CHUNK: usize = 32 * 1024;
+
+/// Threads in the pool the caller is running on (`pool.install` is honoured).
+pub fn current_num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Runs all `updates` in one parallel pass, chunk by chunk.
+pub fn step_many<'a, A: Element>(
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    cfg: &Config<A>,
+) {
+    let chunks = split(updates);
+    if current_num_threads() <= 1 || chunks.len() <= 1 {
+        chunks.into_iter().for_each(|u| crate::simd::step(u, cfg));
+    } else {
+        chunks.into_par_iter().for_each(|u| crate::simd::step(u, cfg));
+    }
+}
+
+fn split<'a, A: Element>(updates: impl IntoIterator<Item = Update<'a, A>>) -> Vec<Update<'a, A>> {
+    let mut chunks = Vec::new();
+    for mut u in updates {
+        while u.len() > PAR_CHUNK {
+            let (head, rest) = u.split_at(PAR_CHUNK);
+            chunks.push(head);
+            u = rest;
+        }
+        if !u.is_empty() {
+            chunks.push(u);
+        }
+    }
+    chunks
+}

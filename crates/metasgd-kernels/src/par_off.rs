@@ -1,0 +1,23 @@
+//! Stand-in for the parallel kernel when the `parallel` feature is off: the
+//! serial kernel under the same names, so call sites carry no `cfg`.
+
+use crate::{Config, Element, Update};
+
+/// Whether this build has the parallel kernel.
+pub const AVAILABLE: bool = false;
+
+/// Elements per parallel task (unused without the `parallel` feature).
+pub const PAR_CHUNK: usize = 32 * 1024;
+
+/// Always 1 without the `parallel` feature.
+pub fn current_num_threads() -> usize {
+    1
+}
+
+/// Runs all `updates` one after another on the serial kernel.
+pub fn step_many<'a, A: Element>(
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    cfg: &Config<A>,
+) {
+    updates.into_iter().for_each(|u| crate::simd::step(u, cfg));
+}

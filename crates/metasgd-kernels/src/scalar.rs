@@ -1,0 +1,94 @@
+//! The scalar reference: the contract's per-element sequence, written to read like it.
+//!
+//! Every other kernel is tested bit for bit against this one.
+
+use crate::{Config, Element, Theta, Update};
+
+/// The clamp of the contract: compare and select, so a NaN stays NaN.
+#[inline(always)]
+pub fn clamp<A: Element>(a: A) -> A {
+    if a < A::LO {
+        A::LO
+    } else if a > A::HI {
+        A::HI
+    } else {
+        a
+    }
+}
+
+/// One element: returns `(theta', alpha')`. Every operation is rounded on its
+/// own: no fused multiply-add, no `K * d` shortcut.
+#[inline(always)]
+pub fn update<A: Element>(theta: A, g: A, alpha: A, cfg: &Config<A>) -> (A, A) {
+    let d = alpha * g;
+    let mut t = theta;
+    let mut c = A::ZERO;
+    for _ in 0..cfg.inner_steps() {
+        t = t - d;
+        c = c + d;
+    }
+    let m = g * c;
+    let a = alpha - m * cfg.alpha_lr();
+    (t, clamp(a))
+}
+
+/// Applies [`update`] to every element of one tensor.
+pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
+    let Update { theta, alpha, grad } = u;
+    match theta {
+        Theta::InPlace(theta) => {
+            for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
+                (*t, *a) = update(*t, g, *a, cfg);
+            }
+        }
+        Theta::Into { src, dst } => {
+            for (((o, &t), a), &g) in dst.iter_mut().zip(src).zip(alpha.iter_mut()).zip(grad) {
+                (*o, *a) = update(t, g, *a, cfg);
+            }
+        }
+    }
+}
+
+/// `alpha' = clamp(alpha * factor)` for every element: the rescaling done by
+/// `set_learning_rate`.
+pub fn rescale<A: Element>(alpha: &mut [A], factor: A) {
+    for a in alpha {
+        *a = clamp(*a * factor);
+    }
+}
+
+/// Flat index of the first NaN or infinite element, if any.
+pub fn first_non_finite<A: Element>(values: &[A]) -> Option<usize> {
+    values.iter().position(|v| !v.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k1_matches_documented_algorithm() {
+        let cfg = Config::new(0.001_f64, 1);
+        let (t, a) = update(1.0, 0.1, 0.01, &cfg);
+        let delta: f64 = 0.01 * 0.1;
+        assert_eq!(t.to_bits(), (1.0_f64 - delta).to_bits());
+        assert_eq!(a.to_bits(), (0.01_f64 - 0.1 * (0.0 + delta) * 0.001).to_bits());
+    }
+
+    #[test]
+    fn clamp_keeps_nan_and_hits_bounds() {
+        assert!(clamp(f32::NAN).is_nan());
+        assert_eq!(clamp(-1.0_f32), f32::LO);
+        assert_eq!(clamp(f32::INFINITY), f32::HI);
+        assert_eq!(clamp(0.5_f64), 0.5);
+    }
+
+    #[test]
+    fn negative_zero_delta_accumulates_to_positive_zero() {
+        // c starts at +0.0 and +0.0 + -0.0 == +0.0: m = g * c must see +0.0.
+        let cfg = Config::new(1.0_f64, 1);
+        let (t, a) = update(-0.0, -0.0, 1.0, &cfg);
+        assert_eq!(t.to_bits(), (-0.0_f64 - -0.0).to_bits());
+        assert_eq!(a.to_bits(), 1.0_f64.to_bits());
+    }
+}

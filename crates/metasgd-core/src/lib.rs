@@ -1,1 +1,20 @@
+//! The `Optimizer` trait, the `MetaSGD` state, errors and the ndarray glue of
+//! [metasgd](https://docs.rs/metasgd). Most users want the `metasgd` facade.
+//!
+//! # Features
+//! - `simd` (default): vectorised kernels.
+//! - `parallel` (default): multi-threaded kernels on the caller's rayon pool.
 
+mod backend;
+mod error;
+mod layout;
+mod metasgd;
+mod optimizer;
+
+pub use backend::{Backend, NonFinitePolicy};
+pub use error::{Error, OptimError, Result, StateMismatch};
+pub use metasgd::MetaSGD;
+pub use optimizer::Optimizer;
+
+pub use metasgd_kernels as kernels;
+pub use ndarray;

@@ -67,7 +67,10 @@ fn step_avx2<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
 /// If the CPU has no AVX2 (check [`simd_level`] first).
 pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
     assert!(
-        matches!(simd_level(), SimdLevel::Avx2Runtime | SimdLevel::Avx2Compiled),
+        matches!(
+            simd_level(),
+            SimdLevel::Avx2Runtime | SimdLevel::Avx2Compiled
+        ),
         "AVX2 kernel called on a CPU without AVX2"
     );
     // SAFETY: the assert above (a cached `is_x86_feature_detected!("avx2")`,

@@ -69,7 +69,10 @@ impl<'a, A> Theta<'a, A> {
             Theta::Into { src, dst } => {
                 let (sl, sr) = src.split_at(mid);
                 let (dl, dr) = dst.split_at_mut(mid);
-                (Theta::Into { src: sl, dst: dl }, Theta::Into { src: sr, dst: dr })
+                (
+                    Theta::Into { src: sl, dst: dl },
+                    Theta::Into { src: sr, dst: dr },
+                )
             }
         }
     }
@@ -116,8 +119,16 @@ impl<'a, A> Update<'a, A> {
         let (al, ar) = self.alpha.split_at_mut(mid);
         let (gl, gr) = self.grad.split_at(mid);
         (
-            Update { theta: tl, alpha: al, grad: gl },
-            Update { theta: tr, alpha: ar, grad: gr },
+            Update {
+                theta: tl,
+                alpha: al,
+                grad: gl,
+            },
+            Update {
+                theta: tr,
+                alpha: ar,
+                grad: gr,
+            },
         )
     }
 }

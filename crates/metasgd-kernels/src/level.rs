@@ -47,7 +47,11 @@ fn detected() -> SimdLevel {
         _ => {
             let avx2 = std::is_x86_feature_detected!("avx2");
             CACHE.store(if avx2 { 2 } else { 1 }, Ordering::Relaxed);
-            if avx2 { SimdLevel::Avx2Runtime } else { SimdLevel::Wide }
+            if avx2 {
+                SimdLevel::Avx2Runtime
+            } else {
+                SimdLevel::Wide
+            }
         }
     }
 }

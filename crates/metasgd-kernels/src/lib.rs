@@ -51,6 +51,7 @@ pub mod par;
 pub mod par;
 
 mod level;
+pub mod testdata;
 
 pub use config::{Config, Theta, Update};
 pub use element::Element;

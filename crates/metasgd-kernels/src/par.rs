@@ -28,7 +28,9 @@ pub fn step_many<'a, A: Element>(
     if current_num_threads() <= 1 || chunks.len() <= 1 {
         chunks.into_iter().for_each(|u| crate::simd::step(u, cfg));
     } else {
-        chunks.into_par_iter().for_each(|u| crate::simd::step(u, cfg));
+        chunks
+            .into_par_iter()
+            .for_each(|u| crate::simd::step(u, cfg));
     }
 }
 

@@ -72,7 +72,10 @@ mod tests {
         let (t, a) = update(1.0, 0.1, 0.01, &cfg);
         let delta: f64 = 0.01 * 0.1;
         assert_eq!(t.to_bits(), (1.0_f64 - delta).to_bits());
-        assert_eq!(a.to_bits(), (0.01_f64 - 0.1 * (0.0 + delta) * 0.001).to_bits());
+        assert_eq!(
+            a.to_bits(),
+            (0.01_f64 - 0.1 * (0.0 + delta) * 0.001).to_bits()
+        );
     }
 
     #[test]

@@ -29,43 +29,50 @@ fn bits<A: Element>(v: &[A]) -> Vec<u64> {
 /// asserts identical theta and alpha bits.
 fn check<A: Element>(theta: &[A], grad: &[A], alpha: &[A], cfg: &Config<A>) {
     let (mut t_ref, mut a_ref) = (theta.to_vec(), alpha.to_vec());
-    scalar::step(Update::new(Theta::InPlace(&mut t_ref), &mut a_ref, grad), cfg);
+    scalar::step(
+        Update::new(Theta::InPlace(&mut t_ref), &mut a_ref, grad),
+        cfg,
+    );
     for (name, run) in runners::<A>() {
         let (mut t, mut a) = (theta.to_vec(), alpha.to_vec());
         run(Update::new(Theta::InPlace(&mut t), &mut a, grad), cfg);
-        assert_eq!(bits(&t), bits(&t_ref), "{name} in place: theta, n = {}", theta.len());
-        assert_eq!(bits(&a), bits(&a_ref), "{name} in place: alpha, n = {}", theta.len());
+        assert_eq!(
+            bits(&t),
+            bits(&t_ref),
+            "{name} in place: theta, n = {}",
+            theta.len()
+        );
+        assert_eq!(
+            bits(&a),
+            bits(&a_ref),
+            "{name} in place: alpha, n = {}",
+            theta.len()
+        );
 
         let (mut out, mut a) = (vec![A::nan(); theta.len()], alpha.to_vec());
-        let th = Theta::Into { src: theta, dst: &mut out };
+        let th = Theta::Into {
+            src: theta,
+            dst: &mut out,
+        };
         run(Update::new(th, &mut a, grad), cfg);
-        assert_eq!(bits(&out), bits(&t_ref), "{name} into: theta, n = {}", theta.len());
-        assert_eq!(bits(&a), bits(&a_ref), "{name} into: alpha, n = {}", theta.len());
+        assert_eq!(
+            bits(&out),
+            bits(&t_ref),
+            "{name} into: theta, n = {}",
+            theta.len()
+        );
+        assert_eq!(
+            bits(&a),
+            bits(&a_ref),
+            "{name} into: alpha, n = {}",
+            theta.len()
+        );
     }
-}
-
-fn special<A: Element>() -> Vec<A> {
-    vec![
-        A::zero(),
-        -A::zero(),
-        A::one(),
-        -A::one(),
-        A::nan(),
-        A::infinity(),
-        A::neg_infinity(),
-        A::max_value(),
-        A::min_value(),
-        A::min_positive_value() / A::from(4.0).unwrap(), // subnormal
-        -A::min_positive_value() / A::from(3.0).unwrap(),
-        A::LO,
-        A::HI,
-        A::from(1e30).unwrap(),
-    ]
 }
 
 /// Values: mostly ordinary, with special values forced in.
 fn value<A: Element>() -> impl Strategy<Value = A> {
-    let specials = special::<A>();
+    let specials = metasgd_kernels::testdata::specials::<A>();
     prop_oneof![
         6 => (-4.0f64..4.0).prop_map(|x| A::from(x).unwrap()),
         1 => (0..specials.len()).prop_map(move |i| specials[i]),
@@ -81,7 +88,12 @@ fn alpha_value<A: Element>() -> impl Strategy<Value = A> {
 
 fn alpha_lr<A: Element>() -> impl Strategy<Value = A> {
     prop_oneof![
-        Just(0.0), Just(1e-3), Just(0.5), Just(1e3), Just(1e30), 0.0f64..2.0
+        Just(0.0),
+        Just(1e-3),
+        Just(0.5),
+        Just(1e3),
+        Just(1e30),
+        0.0f64..2.0
     ]
     .prop_map(|x| A::from(x).unwrap())
 }
@@ -117,32 +129,29 @@ proptest! {
     }
 }
 
-/// Deterministic pseudo-random values with specials sprinkled in.
 fn filled<A: Element>(n: usize, seed: u64) -> Vec<A> {
-    let specials = special::<A>();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            if s % 61 == 0 {
-                specials[(s >> 8) as usize % specials.len()]
-            } else {
-                A::from((s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0).unwrap()
-            }
-        })
-        .collect()
+    metasgd_kernels::testdata::values(n, seed, 61)
 }
 
 #[test]
 fn chunk_boundaries() {
-    for n in [PAR_CHUNK - 1, PAR_CHUNK, PAR_CHUNK + 1, 2 * PAR_CHUNK + 7, 3 * PAR_CHUNK + 3] {
+    for n in [
+        PAR_CHUNK - 1,
+        PAR_CHUNK,
+        PAR_CHUNK + 1,
+        2 * PAR_CHUNK + 7,
+        3 * PAR_CHUNK + 3,
+    ] {
         let (t, g) = (filled::<f32>(n, 1), filled::<f32>(n, 2));
         let a: Vec<f32> = filled::<f32>(n, 3).iter().map(|x| x.abs()).collect();
         check(&t, &g, &a, &Config::new(0.5, 5));
         let (t, g) = (filled::<f64>(n, 4), filled::<f64>(n, 5));
-        check(&t, &g, &a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), &Config::new(1e-3, 3));
+        check(
+            &t,
+            &g,
+            &a.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+            &Config::new(1e-3, 3),
+        );
     }
 }
 
@@ -153,7 +162,10 @@ fn thread_count_does_not_change_bits() {
     let a0: Vec<f32> = filled::<f32>(n, 9).iter().map(|x| x.abs()).collect();
     let cfg = Config::new(0.25, 5);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let (mut t, mut a) = (t0.clone(), a0.clone());
         pool.install(|| {
             // Two tensors in one pass, cut at an odd point.
@@ -176,6 +188,16 @@ fn thread_count_does_not_change_bits() {
 
 #[test]
 fn parallel_runs_on_the_callers_pool() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-    assert_eq!(pool.install(metasgd_kernels::par::current_num_threads), if metasgd_kernels::par::AVAILABLE { 3 } else { 1 });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.install(metasgd_kernels::par::current_num_threads),
+        if metasgd_kernels::par::AVAILABLE {
+            3
+        } else {
+            1
+        }
+    );
 }

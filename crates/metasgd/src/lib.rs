@@ -1,1 +1,86 @@
+//! Meta-SGD over ndarray: SGD with a learned learning rate per parameter,
+//! bit for bit the numbers of optirs-core's `MetaSGD`, on fused SIMD and
+//! multi-threaded kernels.
+//!
+//! ```
+//! use metasgd::ndarray::array;
+//! use metasgd::{MetaSGD, Optimizer};
+//!
+//! let mut opt = MetaSGD::new(0.01_f32);
+//! let mut params = array![1.0_f32, 2.0, 3.0];
+//! let grads = array![0.1_f32, -0.2, 0.3];
+//! opt.step_inplace(params.view_mut(), grads.view())?;
+//! assert!((params[0] - 0.995).abs() < 1e-6);
+//! # Ok::<(), metasgd::Error>(())
+//! ```
+//!
+//! # Worked example, by hand
+//!
+//! `MetaSGD::new(0.01)` on `theta = [1, 2, 3]`, `g = [0.1, -0.2, 0.3]`:
+//! `alpha` starts at `0.01`, so `delta = 0.01 * g = [0.001, -0.002, 0.003]`.
+//!
+//! With one inner step, `theta - delta = [0.999, 2.002, 2.997]` and
+//! `alpha - 0.001 * g * delta = 0.01 - 1e-5 * g^2 = [0.0099999, 0.0099996, 0.0099991]`:
+//!
+//! ```
+//! use metasgd::ndarray::array;
+//! use metasgd::{MetaSGD, Optimizer};
+//!
+//! let mut opt = MetaSGD::new(0.01_f64).with_inner_steps(1);
+//! let theta = opt.step(&array![1.0, 2.0, 3.0], &array![0.1, -0.2, 0.3])?;
+//! let alpha = opt.get_per_param_lr().unwrap();
+//! let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+//! for (got, want) in theta.iter().zip([0.999, 2.002, 2.997]) {
+//!     assert!(close(*got, want), "{got} vs {want}");
+//! }
+//! for (got, want) in alpha.iter().zip([0.0099999, 0.0099996, 0.0099991]) {
+//!     assert!(close(*got, want), "{got} vs {want}");
+//! }
+//! # Ok::<(), metasgd::Error>(())
+//! ```
+//!
+//! With the default five inner steps the same `delta` is taken five times:
+//! `theta = [0.995, 2.01, 2.985]`, and the accumulated delta `5 * delta`
+//! gives `alpha = 0.01 - 5e-5 * g^2 = [0.0099995, 0.009998, 0.0099955]`:
+//!
+//! ```
+//! use metasgd::ndarray::array;
+//! use metasgd::{MetaSGD, Optimizer};
+//!
+//! let mut opt = MetaSGD::new(0.01_f64);
+//! let theta = opt.step(&array![1.0, 2.0, 3.0], &array![0.1, -0.2, 0.3])?;
+//! let alpha = opt.get_per_param_lr().unwrap();
+//! let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+//! for (got, want) in theta.iter().zip([0.995, 2.01, 2.985]) {
+//!     assert!(close(*got, want), "{got} vs {want}");
+//! }
+//! for (got, want) in alpha.iter().zip([0.0099995, 0.009998, 0.0099955]) {
+//!     assert!(close(*got, want), "{got} vs {want}");
+//! }
+//! # Ok::<(), metasgd::Error>(())
+//! ```
+//!
+//! Migrating from optirs-core is a one-line change:
+//! `use metasgd::optimizers::{MetaSGD, Optimizer};`.
+//!
+//! # Features
+//! - `simd` (default): vectorised kernels; on x86-64 an AVX2 loop is chosen
+//!   at run time when the build does not target AVX2 ([`simd_level`] says which).
+//! - `parallel` (default): large steps are cut into chunks that run on the
+//!   caller's rayon pool (`pool.install(...)` is honoured); list steps
+//!   schedule the chunks of all tensors in one pass.
+//!
+//! With `--no-default-features` everything works on the scalar reference;
+//! asking for [`Backend::Simd`] or [`Backend::Parallel`] then returns
+//! [`Error::BackendUnavailable`]. All backends give bitwise identical results.
 
+pub use metasgd_core::kernels::{SimdLevel, simd_level};
+pub use metasgd_core::{
+    Backend, Error, MetaSGD, NonFinitePolicy, OptimError, Optimizer, Result, StateMismatch,
+};
+pub use metasgd_core::{kernels, ndarray};
+
+/// The reference crate's module path: `use metasgd::optimizers::{MetaSGD, Optimizer};`.
+pub mod optimizers {
+    pub use metasgd_core::{MetaSGD, Optimizer};
+}

@@ -1,0 +1,61 @@
+//! Choices made on the builder: which kernel runs, and what to do with NaN.
+
+use metasgd_kernels::Kernel;
+
+use crate::{Error, Result};
+
+/// Which kernel runs a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Picks per call: parallel above a measured size when the current rayon
+    /// pool has several threads, else SIMD, else scalar.
+    #[default]
+    Auto,
+    /// The scalar reference.
+    Scalar,
+    /// The SIMD kernel on the calling thread (`simd` feature).
+    Simd,
+    /// Chunks on the caller's rayon pool (`parallel` feature).
+    Parallel,
+}
+
+impl Backend {
+    /// Errors if this build lacks the backend's feature.
+    pub(crate) fn check(self) -> Result<()> {
+        let (kernel, feature) = match self {
+            Backend::Auto | Backend::Scalar => return Ok(()),
+            Backend::Simd => (Kernel::Simd, "simd"),
+            Backend::Parallel => (Kernel::Parallel, "parallel"),
+        };
+        if kernel.is_available() {
+            Ok(())
+        } else {
+            Err(Error::BackendUnavailable {
+                backend: self,
+                feature,
+            })
+        }
+    }
+
+    /// The kernel for a call touching `total_len` elements (after [`Self::check`]).
+    pub(crate) fn kernel(self, total_len: usize) -> Kernel {
+        match self {
+            Backend::Auto => metasgd_kernels::auto(total_len),
+            Backend::Scalar => Kernel::Scalar,
+            Backend::Simd => Kernel::Simd,
+            Backend::Parallel => Kernel::Parallel,
+        }
+    }
+}
+
+/// What a step does when a gradient holds NaN or an infinity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NonFinitePolicy {
+    /// Compute as usual: NaN flows into the parameters and learning rates.
+    #[default]
+    Propagate,
+    /// Change nothing, leave the step count as it is, count a skipped step.
+    Skip,
+    /// Change nothing and return [`Error::NonFiniteGradient`].
+    Error,
+}

@@ -1,0 +1,108 @@
+//! The error type of every fallible call.
+
+use core::fmt;
+
+use crate::Backend;
+
+/// What went wrong in a call. A call that returns an error changes nothing:
+/// parameters, per-parameter learning rates, step count and counters are as
+/// they were before it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hyperparameter is out of its domain (`base_lr` must be finite and
+    /// `> 0`, `alpha_lr` finite and `>= 0`).
+    #[error("invalid hyperparameter {name} = {value}: must be {requirement}")]
+    InvalidHyperparameter {
+        /// `"base_lr"` or `"alpha_lr"`.
+        name: &'static str,
+        /// The offending value, widened to `f64`.
+        value: f64,
+        /// The rule it breaks.
+        requirement: &'static str,
+    },
+    /// Parameters and gradients of one slot have different shapes.
+    #[error("shape mismatch in slot {slot}: parameters {params:?}, gradients {gradients:?}")]
+    ShapeMismatch {
+        /// Index in the list (0 for `step`).
+        slot: usize,
+        /// Shape of the parameters.
+        params: Vec<usize>,
+        /// Shape of the gradients.
+        gradients: Vec<usize>,
+    },
+    /// The parameter and gradient lists have different lengths.
+    #[error("list length mismatch: {params} parameter arrays, {gradients} gradient arrays")]
+    LengthMismatch {
+        /// Length of the parameter list.
+        params: usize,
+        /// Length of the gradient list.
+        gradients: usize,
+    },
+    /// The input does not match the optimizer's per-parameter state. Call
+    /// `reset_per_param_lr()` to start over on purpose.
+    #[error("state mismatch: {0}")]
+    StateMismatch(StateMismatch),
+    /// A gradient element is NaN or infinite under [`crate::NonFinitePolicy::Error`].
+    #[error("non-finite gradient in slot {slot} at flat index {index}")]
+    NonFiniteGradient {
+        /// Index in the list (0 for `step`).
+        slot: usize,
+        /// Row-major (logical) index of the first bad element.
+        index: usize,
+    },
+    /// The requested backend was compiled out.
+    #[error("backend {backend:?} is not available: build with the `{feature}` feature")]
+    BackendUnavailable {
+        /// The backend asked for.
+        backend: Backend,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
+}
+
+/// How an input disagrees with the stored per-parameter learning rates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateMismatch {
+    /// A parameter array's shape differs from its slot's learning rates.
+    Shape {
+        /// The slot.
+        slot: usize,
+        /// Shape of the stored learning rates.
+        state: Vec<usize>,
+        /// Shape of the parameters passed in.
+        params: Vec<usize>,
+    },
+    /// A list's length differs from the number of slots.
+    SlotCount {
+        /// Slots held by the optimizer.
+        slots: usize,
+        /// Arrays in the list passed in.
+        arrays: usize,
+    },
+}
+
+impl fmt::Display for StateMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateMismatch::Shape {
+                slot,
+                state,
+                params,
+            } => write!(
+                f,
+                "slot {slot} holds learning rates of shape {state:?}, parameters have shape {params:?}"
+            ),
+            StateMismatch::SlotCount { slots, arrays } => write!(
+                f,
+                "the optimizer holds {slots} slots, the list has {arrays} arrays"
+            ),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// The reference crate's name for the error type.
+pub type OptimError = Error;

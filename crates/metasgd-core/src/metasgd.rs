@@ -1,0 +1,432 @@
+//! The Meta-SGD optimizer state.
+
+use metasgd_kernels::{Config, Element, Kernel, Update, scalar};
+use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+
+use crate::layout::{self, Target};
+use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
+
+/// Meta-SGD: SGD with a learned learning rate per parameter.
+///
+/// Each step, per element (see `shared/SEMANTICS.md` for the exact rounding):
+/// `delta = alpha * g`; `theta -= delta` repeated `inner_steps` times with the
+/// same gradient; `alpha -= alpha_lr * g * (accumulated delta)`, clamped to
+/// `[1e-8, 10]`. `alpha` starts at `base_lr` the first time a slot is touched.
+///
+/// # Examples
+///
+/// One inner step (`K = 1`) is the textbook update:
+///
+/// ```
+/// use metasgd_core::{MetaSGD, Optimizer};
+/// use ndarray::array;
+///
+/// let mut opt = MetaSGD::new(0.01_f64).with_inner_steps(1);
+/// let params = array![1.0, 2.0, 3.0];
+/// let grads = array![0.1, -0.2, 0.3];
+/// let new = opt.step(&params, &grads).unwrap();
+///
+/// // delta = 0.01 * g; theta -= delta; alpha -= 0.001 * g * delta
+/// for i in 0..3 {
+///     let delta = 0.01 * grads[i];
+///     assert_eq!(new[i].to_bits(), (params[i] - delta).to_bits());
+///     let alpha = 0.01 - grads[i] * (0.0 + delta) * 0.001;
+///     assert_eq!(opt.get_per_param_lr().unwrap()[i].to_bits(), alpha.to_bits());
+/// }
+/// assert_eq!(opt.get_step_count(), 1);
+/// ```
+///
+/// The default five inner steps reuse the gradient (the reference crate's
+/// behaviour), subtracting `delta` five times, one rounding at a time:
+///
+/// ```
+/// use metasgd_core::{MetaSGD, Optimizer};
+/// use ndarray::array;
+///
+/// let mut opt = MetaSGD::new(0.01_f32);
+/// assert_eq!(opt.get_inner_steps(), 5);
+/// let params = array![1.0_f32, 2.0, 3.0];
+/// let grads = array![0.1_f32, -0.2, 0.3];
+/// let new = opt.step(&params, &grads).unwrap();
+///
+/// for i in 0..3 {
+///     let d = 0.01 * grads[i];
+///     let (t, c) = (params[i] - d - d - d - d - d, 0.0 + d + d + d + d + d);
+///     assert_eq!(new[i].to_bits(), t.to_bits());
+///     let alpha = 0.01 - grads[i] * c * 0.001;
+///     assert_eq!(opt.get_per_param_lr().unwrap()[i].to_bits(), alpha.to_bits());
+/// }
+/// // 1 - 5 * (0.01 * 0.1) is 0.995, up to rounding:
+/// assert!((new[0] - 0.995).abs() < 1e-6);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MetaSGD<A: Element> {
+    base_lr: A,
+    /// The last `base_lr` that passed validation: `set_learning_rate` rescales from it.
+    last_valid_lr: Option<A>,
+    alpha_lr: A,
+    inner_steps: usize,
+    backend: Backend,
+    non_finite: NonFinitePolicy,
+    slots: Vec<ArrayD<A>>,
+    step_count: usize,
+    skipped_steps: usize,
+}
+
+/// Which slots a call uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slots {
+    /// `step`: slot 0 only.
+    First,
+    /// `step_list`: slot `j` for array `j`, and as many slots as arrays.
+    List,
+}
+
+/// What validation decided.
+enum Plan {
+    Run(Kernel),
+    Skip,
+}
+
+impl<A: Element> MetaSGD<A> {
+    /// A new optimizer with base learning rate `base_lr`, `alpha_lr = 0.001`,
+    /// `inner_steps = 5`, [`Backend::Auto`] and [`NonFinitePolicy::Propagate`].
+    ///
+    /// An invalid `base_lr` (not finite, or `<= 0`) is reported by the first step.
+    pub fn new(base_lr: A) -> Self {
+        Self {
+            base_lr,
+            last_valid_lr: valid_base_lr(base_lr).then_some(base_lr),
+            alpha_lr: A::from(0.001).unwrap_or(A::ZERO),
+            inner_steps: 5,
+            backend: Backend::Auto,
+            non_finite: NonFinitePolicy::Propagate,
+            slots: Vec::new(),
+            step_count: 0,
+            skipped_steps: 0,
+        }
+    }
+
+    /// Sets the learning rate of the per-parameter learning rates (finite, `>= 0`).
+    pub fn with_alpha_lr(mut self, alpha_lr: A) -> Self {
+        self.alpha_lr = alpha_lr;
+        self
+    }
+
+    /// Sets the number of inner updates per step; 0 is stored as 1.
+    pub fn with_inner_steps(mut self, inner_steps: usize) -> Self {
+        self.inner_steps = inner_steps.max(1);
+        self
+    }
+
+    /// Chooses the kernel. A backend whose feature is compiled out makes every
+    /// step return [`Error::BackendUnavailable`].
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Chooses what a step does with NaN or infinite gradients.
+    pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
+        self.non_finite = policy;
+        self
+    }
+
+    /// The base learning rate (the initial value of every `alpha`).
+    pub fn get_base_lr(&self) -> A {
+        self.base_lr
+    }
+
+    /// The learning rate of the per-parameter learning rates.
+    pub fn get_alpha_lr(&self) -> A {
+        self.alpha_lr
+    }
+
+    /// Inner updates per step.
+    pub fn get_inner_steps(&self) -> usize {
+        self.inner_steps
+    }
+
+    /// The backend chosen on the builder.
+    pub fn get_backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The non-finite gradient policy chosen on the builder.
+    pub fn get_non_finite(&self) -> NonFinitePolicy {
+        self.non_finite
+    }
+
+    /// Successful steps so far (one per `step`/`step_list` call, whatever the list length).
+    pub fn get_step_count(&self) -> usize {
+        self.step_count
+    }
+
+    /// Steps skipped under [`NonFinitePolicy::Skip`].
+    pub fn skipped_steps(&self) -> usize {
+        self.skipped_steps
+    }
+
+    /// The per-parameter learning rates of slot 0, once a step has created them.
+    pub fn get_per_param_lr(&self) -> Option<&Array<A, IxDyn>> {
+        self.slots.first()
+    }
+
+    /// The per-parameter learning rates of every slot.
+    pub fn per_param_lrs(&self) -> &[Array<A, IxDyn>] {
+        &self.slots
+    }
+
+    /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
+    pub fn reset_per_param_lr(&mut self) {
+        self.slots.clear();
+    }
+
+    fn config(&self) -> Config<A> {
+        Config::new(self.alpha_lr, self.inner_steps)
+    }
+
+    /// Everything that can fail, checked before anything changes.
+    ///
+    /// `param_shape(j)` and `grad(j)` give array `j` of `n`.
+    fn validate<'g, D: Dimension + 'g>(
+        &self,
+        slots: Slots,
+        n: usize,
+        n_grads: usize,
+        param_shape: impl Fn(usize) -> &'g [usize],
+        grad: impl Fn(usize) -> ArrayView<'g, A, D>,
+    ) -> Result<Plan> {
+        if !valid_base_lr(self.base_lr) {
+            return Err(invalid("base_lr", self.base_lr, "finite and > 0"));
+        }
+        if !(self.alpha_lr.is_finite() && self.alpha_lr >= A::ZERO) {
+            return Err(invalid("alpha_lr", self.alpha_lr, "finite and >= 0"));
+        }
+        self.backend.check()?;
+        if n != n_grads {
+            return Err(Error::LengthMismatch {
+                params: n,
+                gradients: n_grads,
+            });
+        }
+        if slots == Slots::List && !self.slots.is_empty() && self.slots.len() != n {
+            return Err(Error::StateMismatch(StateMismatch::SlotCount {
+                slots: self.slots.len(),
+                arrays: n,
+            }));
+        }
+        let mut total = 0;
+        for j in 0..n {
+            let (p, g) = (param_shape(j), grad(j));
+            if p != g.shape() {
+                return Err(Error::ShapeMismatch {
+                    slot: j,
+                    params: p.to_vec(),
+                    gradients: g.shape().to_vec(),
+                });
+            }
+            if let Some(state) = self.slots.get(j)
+                && state.shape() != p
+            {
+                return Err(Error::StateMismatch(StateMismatch::Shape {
+                    slot: j,
+                    state: state.shape().to_vec(),
+                    params: p.to_vec(),
+                }));
+            }
+            total += p.iter().product::<usize>();
+        }
+        if self.non_finite != NonFinitePolicy::Propagate {
+            for j in 0..n {
+                if let Some(index) = layout::first_non_finite(&grad(j)) {
+                    return match self.non_finite {
+                        NonFinitePolicy::Skip => Ok(Plan::Skip),
+                        _ => Err(Error::NonFiniteGradient { slot: j, index }),
+                    };
+                }
+            }
+        }
+        Ok(Plan::Run(self.backend.kernel(total)))
+    }
+
+    /// Creates missing slots, each laid out like its parameters.
+    fn init_slots<'p, D: Dimension + 'p>(
+        &mut self,
+        params: impl Iterator<Item = ArrayView<'p, A, D>>,
+    ) {
+        if self.slots.is_empty() {
+            let base = self.base_lr;
+            self.slots
+                .extend(params.map(|p| p.map(|_| base).into_dyn()));
+        }
+    }
+
+    /// Runs a validated step on `targets` (one per slot, in order).
+    fn apply<'a, D: Dimension + 'a>(
+        &'a mut self,
+        kernel: Kernel,
+        targets: impl Iterator<Item = (Target<'a, A, D>, ArrayView<'a, A, D>)>,
+    ) {
+        let cfg = self.config();
+        self.step_count += 1;
+        let slots = self.slots.iter_mut();
+        if kernel == Kernel::Parallel {
+            // All tensors' chunks in one parallel pass.
+            let mut batch: Vec<Update<'a, A>> = Vec::new();
+            for ((target, grad), alpha) in targets.zip(slots) {
+                layout::dispatch(target, grad, alpha, &cfg, |u| batch.push(u));
+            }
+            metasgd_kernels::step_many(kernel, batch, &cfg);
+        } else {
+            for ((target, grad), alpha) in targets.zip(slots) {
+                layout::dispatch(target, grad, alpha, &cfg, |u| {
+                    metasgd_kernels::step(kernel, u, &cfg)
+                });
+            }
+        }
+    }
+}
+
+fn valid_base_lr<A: Element>(lr: A) -> bool {
+    lr.is_finite() && lr > A::ZERO
+}
+
+fn invalid<A: Element>(name: &'static str, value: A, requirement: &'static str) -> Error {
+    Error::InvalidHyperparameter {
+        name,
+        value: value.to_f64().unwrap_or(f64::NAN),
+        requirement,
+    }
+}
+
+impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
+    /// One fused pass from `params` into a new array (same memory order).
+    fn step(&mut self, params: &Array<A, D>, gradients: &Array<A, D>) -> Result<Array<A, D>> {
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view())?;
+        let Plan::Run(kernel) = plan else {
+            self.skipped_steps += 1;
+            return Ok(params.clone());
+        };
+        self.init_slots(core::iter::once(params.view()));
+        let src = params.view();
+        let mut out = layout::output_like(&src);
+        let target = Target::Into {
+            src,
+            dst: out.view_mut(),
+        };
+        self.apply(kernel, core::iter::once((target, gradients.view())));
+        Ok(out)
+    }
+
+    fn step_list(
+        &mut self,
+        params_list: &[&Array<A, D>],
+        gradients_list: &[&Array<A, D>],
+    ) -> Result<Vec<Array<A, D>>> {
+        let plan = self.validate(
+            Slots::List,
+            params_list.len(),
+            gradients_list.len(),
+            |j| params_list[j].shape(),
+            |j| gradients_list[j].view(),
+        )?;
+        let Plan::Run(kernel) = plan else {
+            self.skipped_steps += 1;
+            return Ok(params_list.iter().map(|p| (*p).clone()).collect());
+        };
+        self.init_slots(params_list.iter().map(|p| p.view()));
+        let mut outs: Vec<Array<A, D>> = params_list
+            .iter()
+            .map(|p| layout::output_like(&p.view()))
+            .collect();
+        let targets = params_list
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(p, o)| Target::Into {
+                src: p.view(),
+                dst: o.view_mut(),
+            });
+        self.apply(kernel, targets.zip(gradients_list.iter().map(|g| g.view())));
+        Ok(outs)
+    }
+
+    fn step_inplace(
+        &mut self,
+        params: ArrayViewMut<'_, A, D>,
+        gradients: ArrayView<'_, A, D>,
+    ) -> Result<()> {
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view())?;
+        let Plan::Run(kernel) = plan else {
+            self.skipped_steps += 1;
+            return Ok(());
+        };
+        self.init_slots(core::iter::once(params.view()));
+        self.apply(
+            kernel,
+            core::iter::once((Target::InPlace(params), gradients)),
+        );
+        Ok(())
+    }
+
+    fn step_list_inplace(
+        &mut self,
+        params: &mut [ArrayViewMut<'_, A, D>],
+        gradients: &[ArrayView<'_, A, D>],
+    ) -> Result<()> {
+        let plan = self.validate(
+            Slots::List,
+            params.len(),
+            gradients.len(),
+            |j| params[j].shape(),
+            |j| gradients[j].view(),
+        )?;
+        let Plan::Run(kernel) = plan else {
+            self.skipped_steps += 1;
+            return Ok(());
+        };
+        self.init_slots(params.iter().map(|p| p.view()));
+        let targets = params.iter_mut().map(|p| Target::InPlace(p.view_mut()));
+        self.apply(kernel, targets.zip(gradients.iter().map(|g| g.view())));
+        Ok(())
+    }
+
+    fn get_learning_rate(&self) -> A {
+        self.base_lr
+    }
+
+    /// Sets `base_lr` and rescales every learned `alpha` by `new / old`
+    /// (`old` = the last valid `base_lr`), clamped to `[1e-8, 10]`, so a
+    /// schedule scales what was learned instead of erasing it.
+    ///
+    /// A value that is not finite or not `> 0` leaves every `alpha` as it is;
+    /// it is stored, and the next step reports it as
+    /// [`Error::InvalidHyperparameter`].
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGD, Optimizer};
+    /// use ndarray::array;
+    ///
+    /// let mut opt = MetaSGD::new(0.1_f64).with_alpha_lr(0.0);
+    /// opt.step(&array![1.0, 2.0], &array![0.5, 0.5]).unwrap();
+    /// Optimizer::<f64, ndarray::Ix1>::set_learning_rate(&mut opt, 0.05);
+    /// let alpha = opt.get_per_param_lr().unwrap();
+    /// assert_eq!(alpha[0], 0.1 * (0.05 / 0.1));
+    /// ```
+    fn set_learning_rate(&mut self, learning_rate: A) {
+        self.base_lr = learning_rate;
+        if !valid_base_lr(learning_rate) {
+            return;
+        }
+        if let Some(old) = self.last_valid_lr {
+            let factor = learning_rate / old;
+            for alpha in &mut self.slots {
+                match alpha.as_slice_memory_order_mut() {
+                    Some(s) => scalar::rescale(s, factor),
+                    None => alpha.mapv_inplace(|a| scalar::clamp(a * factor)),
+                }
+            }
+        }
+        self.last_valid_lr = Some(learning_rate);
+    }
+}

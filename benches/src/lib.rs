@@ -1,1 +1,165 @@
+//! Shared pieces of the benchmarks: workloads, the baselines every
+//! measurement is compared with, and an interleaved timer.
+//!
+//! Baselines:
+//! - [`roofline`]: the same memory traffic as the update (read theta, g and
+//!   alpha, write theta and alpha in place) with trivial arithmetic, scheduled
+//!   exactly like the kernels ([`metasgd::kernels::par::for_each_chunk`],
+//!   [`metasgd::kernels::auto`]), so its speed is what memory allows.
+//! - [`naive_step`]: the update as a user would first write it with ndarray,
+//!   one temporary array per operation.
 
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use metasgd::kernels::{self, Element, Kernel, Theta, Update};
+use metasgd::ndarray::{Array1, ArrayD, Zip};
+
+/// Bytes moved per element by one in-place step: three reads, two writes.
+pub fn bytes_per_element<A>() -> usize {
+    5 * size_of::<A>()
+}
+
+/// The parameter-tensor sizes of ResNet-50 (torchvision layout): 53
+/// convolutions, 53 batch-norm scales and 53 shifts, the classifier weight and
+/// bias; 161 tensors, 25,557,032 parameters, from 64 to 2,359,296 elements.
+pub fn resnet50_sizes() -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut conv_bn = |cin: usize, cout: usize, k: usize| {
+        sizes.push(cout * cin * k * k);
+        sizes.push(cout);
+        sizes.push(cout);
+    };
+    conv_bn(3, 64, 7);
+    let mut inplanes = 64;
+    for (blocks, planes) in [(3, 64), (4, 128), (6, 256), (3, 512)] {
+        for b in 0..blocks {
+            conv_bn(inplanes, planes, 1);
+            conv_bn(planes, planes, 3);
+            conv_bn(planes, planes * 4, 1);
+            if b == 0 {
+                conv_bn(inplanes, planes * 4, 1);
+            }
+            inplanes = planes * 4;
+        }
+    }
+    sizes.push(2048 * 1000);
+    sizes.push(1000);
+    sizes
+}
+
+/// The roofline baseline: `theta -= g; alpha += g`, chunked and scheduled as
+/// the kernels are for `kernel`.
+pub fn roofline<A: Element>(kernel: Kernel, theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+    let u = Update::new(Theta::InPlace(theta), alpha, grad);
+    let body = |u: Update<'_, A>| {
+        let (theta, alpha, grad) = u.into_parts();
+        let Theta::InPlace(theta) = theta else { return };
+        for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
+            *t = *t - g;
+            *a = *a + g;
+        }
+    };
+    if kernel == Kernel::Parallel {
+        kernels::par::for_each_chunk([u], body);
+    } else {
+        body(u);
+    }
+}
+
+/// The update written the way a first ndarray version looks: one allocation
+/// per operation. Computes the same bits as the library.
+pub fn naive_step<A: Element>(
+    theta: &Array1<A>,
+    alpha: &Array1<A>,
+    grad: &Array1<A>,
+    alpha_lr: A,
+    inner_steps: usize,
+) -> (Array1<A>, Array1<A>) {
+    let delta = alpha * grad;
+    let mut t = theta.clone();
+    let mut acc = Array1::from_elem(theta.len(), A::ZERO);
+    for _ in 0..inner_steps {
+        t = &t - &delta;
+        acc = &acc + &delta;
+    }
+    let meta_grad = grad * &acc;
+    let a = alpha - &meta_grad.mapv(|m| m * alpha_lr);
+    let a = a.mapv(kernels::scalar::clamp);
+    (t, a)
+}
+
+/// Bitwise equality of two arrays of any shape.
+pub fn same_bits<A: Element>(a: &ArrayD<A>, b: &ArrayD<A>) -> bool {
+    a.shape() == b.shape() && Zip::from(a).and(b).all(|x, y| x.bits() == y.bits())
+}
+
+/// Median time of one call of each of several routines, measured in
+/// interleaved rounds so that drifts of the machine hit all of them alike.
+pub struct Interleaved<'f> {
+    routines: Vec<(Box<dyn FnMut() + 'f>, u32, Vec<f64>)>,
+}
+
+impl<'f> Interleaved<'f> {
+    /// No routines yet.
+    pub fn new() -> Self {
+        Self { routines: Vec::new() }
+    }
+
+    /// Adds a routine; returns its index for [`Self::median_ns`].
+    pub fn add(&mut self, f: impl FnMut() + 'f) -> usize {
+        self.routines.push((Box::new(f), 1, Vec::new()));
+        self.routines.len() - 1
+    }
+
+    /// Calibrates each routine to batches of at least `batch`, then runs
+    /// `rounds` rounds, every routine once per round.
+    pub fn run(&mut self, rounds: usize, batch: Duration) {
+        for (f, reps, _) in &mut self.routines {
+            f(); // warm caches, fault in pages
+            let start = Instant::now();
+            f();
+            let once = start.elapsed().max(Duration::from_nanos(20));
+            *reps = (batch.as_secs_f64() / once.as_secs_f64()).ceil().clamp(1.0, 1e7) as u32;
+        }
+        for _ in 0..rounds {
+            for (f, reps, samples) in &mut self.routines {
+                let start = Instant::now();
+                for _ in 0..*reps {
+                    f();
+                }
+                samples.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(*reps));
+            }
+        }
+    }
+
+    /// Median nanoseconds per call of routine `i`.
+    pub fn median_ns(&self, i: usize) -> f64 {
+        median(&self.routines[i].2)
+    }
+}
+
+impl Default for Interleaved<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Median of a non-empty sample.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Keeps a value alive past the optimizer.
+pub fn sink<T>(x: T) {
+    black_box(x);
+}

@@ -113,6 +113,11 @@ impl<'a, A> Update<'a, A> {
         self.grad.is_empty()
     }
 
+    /// The parts: parameters, learning rates, gradient.
+    pub fn into_parts(self) -> (Theta<'a, A>, &'a mut [A], &'a [A]) {
+        (self.theta, self.alpha, self.grad)
+    }
+
     /// Splits at `mid` into two independent updates.
     pub fn split_at(self, mid: usize) -> (Update<'a, A>, Update<'a, A>) {
         let (tl, tr) = self.theta.split_at(mid);

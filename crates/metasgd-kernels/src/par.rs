@@ -24,13 +24,21 @@ pub fn step_many<'a, A: Element>(
     updates: impl IntoIterator<Item = Update<'a, A>>,
     cfg: &Config<A>,
 ) {
+    for_each_chunk(updates, |u| crate::simd::step(u, cfg));
+}
+
+/// Cuts `updates` into chunks of at most [`PAR_CHUNK`] elements and runs `f`
+/// on each, all in one pass on the current pool. Benchmarks use it to run
+/// baselines with exactly the kernels' scheduling.
+pub fn for_each_chunk<'a, A: Element>(
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    f: impl Fn(Update<'a, A>) + Send + Sync,
+) {
     let chunks = split(updates);
     if current_num_threads() <= 1 || chunks.len() <= 1 {
-        chunks.into_iter().for_each(|u| crate::simd::step(u, cfg));
+        chunks.into_iter().for_each(f);
     } else {
-        chunks
-            .into_par_iter()
-            .for_each(|u| crate::simd::step(u, cfg));
+        chunks.into_par_iter().for_each(f);
     }
 }
 

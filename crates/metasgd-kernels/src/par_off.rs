@@ -19,5 +19,13 @@ pub fn step_many<'a, A: Element>(
     updates: impl IntoIterator<Item = Update<'a, A>>,
     cfg: &Config<A>,
 ) {
-    updates.into_iter().for_each(|u| crate::simd::step(u, cfg));
+    for_each_chunk(updates, |u| crate::simd::step(u, cfg));
+}
+
+/// Runs `f` on each update, one after another.
+pub fn for_each_chunk<'a, A: Element>(
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    f: impl Fn(Update<'a, A>) + Send + Sync,
+) {
+    updates.into_iter().for_each(f);
 }

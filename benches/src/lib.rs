@@ -97,13 +97,18 @@ pub fn same_bits<A: Element>(a: &ArrayD<A>, b: &ArrayD<A>) -> bool {
 /// Median time of one call of each of several routines, measured in
 /// interleaved rounds so that drifts of the machine hit all of them alike.
 pub struct Interleaved<'f> {
-    routines: Vec<(Box<dyn FnMut() + 'f>, u32, Vec<f64>)>,
+    routines: Vec<Routine<'f>>,
 }
+
+/// A routine, the calls per timed batch, and the per-call samples in ns.
+type Routine<'f> = (Box<dyn FnMut() + 'f>, u32, Vec<f64>);
 
 impl<'f> Interleaved<'f> {
     /// No routines yet.
     pub fn new() -> Self {
-        Self { routines: Vec::new() }
+        Self {
+            routines: Vec::new(),
+        }
     }
 
     /// Adds a routine; returns its index for [`Self::median_ns`].
@@ -120,7 +125,9 @@ impl<'f> Interleaved<'f> {
             let start = Instant::now();
             f();
             let once = start.elapsed().max(Duration::from_nanos(20));
-            *reps = (batch.as_secs_f64() / once.as_secs_f64()).ceil().clamp(1.0, 1e7) as u32;
+            *reps = (batch.as_secs_f64() / once.as_secs_f64())
+                .ceil()
+                .clamp(1.0, 1e7) as u32;
         }
         for _ in 0..rounds {
             for (f, reps, samples) in &mut self.routines {

@@ -28,7 +28,11 @@ struct Settings {
 impl Settings {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { rounds: 3, batch: Duration::from_millis(2), sizes: vec![1 << 10, 1 << 16, 1 << 20] }
+            Self {
+                rounds: 3,
+                batch: Duration::from_millis(2),
+                sizes: vec![1 << 10, 1 << 16, 1 << 20],
+            }
         } else {
             Self {
                 rounds: 9,
@@ -42,7 +46,11 @@ impl Settings {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let csv = args.iter().position(|a| a == "--csv").and_then(|i| args.get(i + 1)).cloned();
+    let csv = args
+        .iter()
+        .position(|a| a == "--csv")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     match args.first().map(String::as_str) {
         Some("table") => table(&Settings::new(quick), csv.as_deref()),
         Some("incache") => incache(quick),
@@ -54,7 +62,10 @@ fn main() {
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool")
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
 }
 
 fn progress(msg: &str) {
@@ -134,9 +145,17 @@ where
     let mut naive_state = (nt, na);
     let (step_ns, roof_ns, naive) = pool(threads).install(|| {
         let mut b = Interleaved::new();
-        let step = b.add(|| opt.step_inplace(theta.view_mut(), grad.view()).expect("step"));
+        let step = b.add(|| {
+            opt.step_inplace(theta.view_mut(), grad.view())
+                .expect("step")
+        });
         let roof = b.add(|| {
-            roofline(kernel, rt.as_slice_mut().unwrap(), ra.as_slice_mut().unwrap(), rg.as_slice().unwrap())
+            roofline(
+                kernel,
+                rt.as_slice_mut().unwrap(),
+                ra.as_slice_mut().unwrap(),
+                rg.as_slice().unwrap(),
+            )
         });
         let naive = naive_ns.is_none().then(|| {
             b.add(|| {
@@ -144,12 +163,24 @@ where
             })
         });
         b.run(s.rounds, s.batch);
-        (b.median_ns(step), b.median_ns(roof), naive.map(|i| b.median_ns(i)))
+        (
+            b.median_ns(step),
+            b.median_ns(roof),
+            naive.map(|i| b.median_ns(i)),
+        )
     });
     sink(naive_state);
     let dtype = if size_of::<A>() == 4 { "f32" } else { "f64" };
     let naive_ns = naive_ns.or(naive).unwrap_or(f64::NAN);
-    Row { dtype, n, threads, step_ns, roof_ns, naive_ns, bytes: bytes_per_element::<A>() }
+    Row {
+        dtype,
+        n,
+        threads,
+        step_ns,
+        roof_ns,
+        naive_ns,
+        bytes: bytes_per_element::<A>(),
+    }
 }
 
 fn print_header() {
@@ -207,11 +238,18 @@ fn list_vs_flat(s: &Settings, threads: usize) -> (f64, f64, usize) {
     pool(threads).install(|| {
         let mut b = Interleaved::new();
         let list = b.add(|| {
-            let mut views: Vec<ArrayViewMut1<f32>> = tensors.iter_mut().map(|t| t.view_mut()).collect();
+            let mut views: Vec<ArrayViewMut1<f32>> =
+                tensors.iter_mut().map(|t| t.view_mut()).collect();
             let gv: Vec<ArrayView1<f32>> = grads.iter().map(|g| g.view()).collect();
-            list_opt.step_list_inplace(&mut views, &gv).expect("list step");
+            list_opt
+                .step_list_inplace(&mut views, &gv)
+                .expect("list step");
         });
-        let one = b.add(|| flat_opt.step_inplace(flat.view_mut(), flat_g.view()).expect("flat step"));
+        let one = b.add(|| {
+            flat_opt
+                .step_inplace(flat.view_mut(), flat_g.view())
+                .expect("flat step")
+        });
         b.run(s.rounds, s.batch);
         (b.median_ns(list), b.median_ns(one), total)
     })
@@ -229,7 +267,11 @@ where
     pool(threads).install(|| {
         let mut b = Interleaved::new();
         let alloc = b.add(|| sink(a.step(&theta2, &grad2).expect("step")));
-        let inplace = b.add(|| b_opt.step_inplace(theta.view_mut(), grad.view()).expect("step"));
+        let inplace = b.add(|| {
+            b_opt
+                .step_inplace(theta.view_mut(), grad.view())
+                .expect("step")
+        });
         b.run(s.rounds, s.batch);
         (b.median_ns(alloc), b.median_ns(inplace))
     })
@@ -248,7 +290,10 @@ fn table(s: &Settings, csv: Option<&str>) {
         kernels::PAR_THRESHOLD,
         kernels::par::PAR_CHUNK
     );
-    println!("medians of {} interleaved rounds; roofline = same traffic, trivial arithmetic, same scheduling", s.rounds);
+    println!(
+        "medians of {} interleaved rounds; roofline = same traffic, trivial arithmetic, same scheduling",
+        s.rounds
+    );
     println!();
     print_header();
     let mut rows = Vec::new();
@@ -256,7 +301,9 @@ fn table(s: &Settings, csv: Option<&str>) {
     rows_for::<f32>(s, &mut rows, &mut ok);
     rows_for::<f64>(s, &mut rows, &mut ok);
 
-    let mut out = String::from("dtype,size,threads,ns_per_elem,gb_per_s,roofline_fraction,naive_speedup,step_ns,roof_ns,naive_ns\n");
+    let mut out = String::from(
+        "dtype,size,threads,ns_per_elem,gb_per_s,roofline_fraction,naive_speedup,step_ns,roof_ns,naive_ns\n",
+    );
     for r in &rows {
         let _ = writeln!(
             out,
@@ -276,7 +323,10 @@ fn table(s: &Settings, csv: Option<&str>) {
 
     println!();
     println!("targets (f32 and f64, default features, Backend::Auto, inner_steps = {INNER_STEPS})");
-    let find = |d: &str, n: usize, t: usize| rows.iter().find(|r| r.dtype == d && r.n == n && r.threads == t);
+    let find = |d: &str, n: usize, t: usize| {
+        rows.iter()
+            .find(|r| r.dtype == d && r.n == n && r.threads == t)
+    };
     for (n, want) in [(1usize << 24, 0.90), (1 << 20, 0.80)] {
         for d in ["f32", "f64"] {
             for t in [1, 2] {
@@ -291,10 +341,15 @@ fn table(s: &Settings, csv: Option<&str>) {
             }
         }
     }
-    println!("  2. default build vs -C target-cpu=native: measured by `cargo xtask bench` (incache)");
+    println!(
+        "  2. default build vs -C target-cpu=native: measured by `cargo xtask bench` (incache)"
+    );
     if let Some(r) = find("f32", 1024, 1) {
         let ns = r.step_ns;
-        println!("  3. step_inplace, 1024 f32, 1 thread: {ns:.0} ns per call (target <= 1000) {}", verdict(ns <= 1000.0));
+        println!(
+            "  3. step_inplace, 1024 f32, 1 thread: {ns:.0} ns per call (target <= 1000) {}",
+            verdict(ns <= 1000.0)
+        );
     }
     for t in [1, 2] {
         progress(&format!("ResNet-50 list vs flat, {t} thread(s)"));
@@ -306,7 +361,10 @@ fn table(s: &Settings, csv: Option<&str>) {
             flat / 1e6,
             verdict(ratio >= 0.90)
         );
-        let _ = writeln!(out, "list_f32,{total},{t},,,{ratio:.4},,{list:.1},{flat:.1},");
+        let _ = writeln!(
+            out,
+            "list_f32,{total},{t},,,{ratio:.4},,{list:.1},{flat:.1},"
+        );
     }
     let big = *s.sizes.last().unwrap_or(&(1 << 20));
     for t in [1, 2] {
@@ -320,7 +378,10 @@ fn table(s: &Settings, csv: Option<&str>) {
                 label(big),
                 verdict(ratio <= 1.5)
             );
-            let _ = writeln!(out, "alloc_{d},{big},{t},,,{ratio:.4},,{alloc:.1},{inplace:.1},");
+            let _ = writeln!(
+                out,
+                "alloc_{d},{big},{t},,,{ratio:.4},,{alloc:.1},{inplace:.1},"
+            );
         }
     }
     for d in ["f32", "f64"] {
@@ -366,7 +427,10 @@ where
     let mut opt = optimizer::<A>().with_backend(metasgd::Backend::Simd);
     let _ = Kernel::Simd;
     let mut b = Interleaved::new();
-    let i = b.add(|| opt.step_inplace(theta.view_mut(), grad.view()).expect("step"));
+    let i = b.add(|| {
+        opt.step_inplace(theta.view_mut(), grad.view())
+            .expect("step")
+    });
     b.run(s.rounds, s.batch);
     b.median_ns(i)
 }

@@ -80,6 +80,11 @@ pub use metasgd_core::{
 };
 pub use metasgd_core::{kernels, ndarray};
 
+/// The README's example runs as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The reference crate's module path: `use metasgd::optimizers::{MetaSGD, Optimizer};`.
 pub mod optimizers {
     pub use metasgd_core::{MetaSGD, Optimizer};

@@ -1,0 +1,126 @@
+//! A dependency-free SVG plot of throughput against size from `rows.csv`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+const W: f64 = 760.0;
+const H: f64 = 440.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 190.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 60.0;
+
+/// One line of the plot: `(log2 size, GB/s)` points.
+type Series = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Renders step and roofline throughput per type and thread count.
+pub(crate) fn throughput_svg(csv: &str) -> String {
+    let mut series: Series = BTreeMap::new();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [dtype, size, threads, _, gbs, frac, ..] = f[..] else {
+            continue;
+        };
+        if dtype != "f32" && dtype != "f64" {
+            continue;
+        }
+        let (Ok(n), Ok(gbs), Ok(frac)) =
+            (size.parse::<f64>(), gbs.parse::<f64>(), frac.parse::<f64>())
+        else {
+            continue;
+        };
+        let x = n.log2();
+        series
+            .entry(format!("{dtype} {threads}T step"))
+            .or_default()
+            .push((x, gbs));
+        series
+            .entry(format!("{dtype} {threads}T roofline"))
+            .or_default()
+            .push((x, gbs * frac));
+    }
+    let pts = series.values().flatten();
+    let (xmin, xmax) = pts
+        .clone()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let ymax = pts.fold(1.0_f64, |m, p| m.max(p.1)) * 1.1;
+    let xspan = (xmax - xmin).max(1.0);
+    let sx = |x: f64| LEFT + (x - xmin) / xspan * (W - LEFT - RIGHT);
+    let sy = |y: f64| H - BOTTOM - y / ymax * (H - TOP - BOTTOM);
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{LEFT}" y="22" font-size="15">metasgd step_inplace throughput (GB/s) vs elements</text>"#
+    );
+    let (x0, y0, x1, y1) = (LEFT, H - BOTTOM, W - RIGHT, TOP);
+    let _ = writeln!(
+        s,
+        r#"<path d="M{x0},{y1} V{y0} H{x1}" stroke="black" fill="none"/>"#
+    );
+    for i in 0..=5 {
+        let y = ymax * f64::from(i) / 5.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{y:.0}</text>"#,
+            LEFT - 6.0,
+            sy(y) + 4.0
+        );
+        let _ = writeln!(s, r##"<path d="M{x0},{} H{x1}" stroke="#ddd"/>"##, sy(y));
+    }
+    let mut x = xmin.ceil();
+    while x <= xmax {
+        let label = match x as u32 {
+            e if e >= 20 => format!("{}M", 1u64 << (e - 20)),
+            e if e >= 10 => format!("{}K", 1u64 << (e - 10)),
+            e => format!("{}", 1u64 << e),
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
+            sx(x),
+            y0 + 18.0
+        );
+        x += 2.0;
+    }
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut legend_y = TOP + 10.0;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = colors[(i / 2) % colors.len()];
+        let dash = if name.ends_with("roofline") {
+            r#" stroke-dasharray="5,4""#
+        } else {
+            ""
+        };
+        let d: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+            d.join(" ")
+        );
+        let lx = W - RIGHT + 12.0;
+        let _ = writeln!(
+            s,
+            r#"<path d="M{lx},{legend_y} h24" stroke="{color}" stroke-width="2"{dash}/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}">{name}</text>"#,
+            lx + 30.0,
+            legend_y + 4.0
+        );
+        legend_y += 18.0;
+    }
+    s.push_str("</svg>\n");
+    s
+}

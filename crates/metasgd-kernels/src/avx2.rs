@@ -1,60 +1,109 @@
 //! The AVX2 path for builds whose target does not enable AVX2.
 //!
-//! The loop is the shared `pack::step` over plain lane arrays; compiled inside a
-//! `#[target_feature(enable = "avx2")]` function, each array operation becomes
-//! one 256-bit instruction. Rust never contracts `a * b + c` into an FMA, so
-//! the bits equal the scalar reference.
+//! The loop is the shared `pack::step` over `__m256`/`__m256d` packs, compiled
+//! inside a `#[target_feature(enable = "avx2")]` function that [`step`] enters
+//! only when [`simd_level`] has confirmed AVX2. Only add, subtract, multiply,
+//! min and max (in the operand order that matches the contract's
+//! compare-and-select) are used; nothing is fused, so the bits equal the
+//! scalar reference.
+
+use core::arch::x86_64::*;
 
 use crate::pack::{self, Pack};
-use crate::{Config, Element, SimdLevel, Update, scalar, simd_level};
+use crate::{Config, Element, SimdLevel, Update, simd_level};
 
-/// `N` lanes of `A` as a plain array.
+/// Eight `f32` lanes in one AVX register.
 #[derive(Clone, Copy)]
-pub struct Lanes<A, const N: usize>([A; N]);
+pub struct F32x8(__m256);
 
-impl<A: Element, const N: usize> Pack<A> for Lanes<A, N> {
-    const LANES: usize = N;
-    #[inline(always)]
-    fn splat(x: A) -> Self {
-        Lanes([x; N])
-    }
-    #[inline(always)]
-    fn load(s: &[A]) -> Self {
-        Lanes(s[..N].try_into().unwrap())
-    }
-    #[inline(always)]
-    fn store(self, s: &mut [A]) {
-        s[..N].copy_from_slice(&self.0);
-    }
-    #[inline(always)]
-    fn add(mut self, o: Self) -> Self {
-        for i in 0..N {
-            self.0[i] = self.0[i] + o.0[i];
+/// Four `f64` lanes in one AVX register.
+#[derive(Clone, Copy)]
+pub struct F64x4(__m256d);
+
+// SAFETY (every `unsafe` block in these impls): the pack types are private to
+// this crate and only built inside `step_avx2`, a `#[target_feature(enable =
+// "avx2")]` function that `step` calls after checking `simd_level()` (a cached
+// `is_x86_feature_detected!("avx2")`); once inlined there, each intrinsic runs
+// on a CPU with AVX. Loads and stores go through slices re-sliced to exactly
+// `LANES` elements, so they stay in bounds.
+macro_rules! avx_pack {
+    ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident,
+     $add:ident, $sub:ident, $mul:ident, $min:ident, $max:ident) => {
+        impl Pack<$a> for $pack {
+            const LANES: usize = $n;
+            #[inline(always)]
+            fn splat(x: $a) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $set1(x) })
+            }
+            #[inline(always)]
+            fn load(s: &[$a]) -> Self {
+                let s = &s[..$n];
+                // SAFETY: see the note above the macro; `s` holds `$n` elements.
+                $pack(unsafe { $loadu(s.as_ptr()) })
+            }
+            #[inline(always)]
+            fn store(self, s: &mut [$a]) {
+                let s = &mut s[..$n];
+                // SAFETY: see the note above the macro; `s` holds `$n` elements.
+                unsafe { $storeu(s.as_mut_ptr(), self.0) }
+            }
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $add(self.0, o.0) })
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $sub(self.0, o.0) })
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $mul(self.0, o.0) })
+            }
+            #[inline(always)]
+            fn clamp(self) -> Self {
+                // SAFETY: see the note above the macro. `min(hi, x)` is
+                // `hi < x ? hi : x` and `max(lo, y)` is `lo > y ? lo : y`: the
+                // contract's compare-and-select, which returns the NaN lane
+                // (the second operand) unchanged.
+                unsafe {
+                    let below_hi = $min($set1(<$a>::HI), self.0);
+                    $pack($max($set1(<$a>::LO), below_hi))
+                }
+            }
         }
-        self
-    }
-    #[inline(always)]
-    fn sub(mut self, o: Self) -> Self {
-        for i in 0..N {
-            self.0[i] = self.0[i] - o.0[i];
-        }
-        self
-    }
-    #[inline(always)]
-    fn mul(mut self, o: Self) -> Self {
-        for i in 0..N {
-            self.0[i] = self.0[i] * o.0[i];
-        }
-        self
-    }
-    #[inline(always)]
-    fn clamp(mut self) -> Self {
-        for i in 0..N {
-            self.0[i] = scalar::clamp(self.0[i]);
-        }
-        self
-    }
+    };
 }
+
+avx_pack!(
+    F32x8,
+    f32,
+    8,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_add_ps,
+    _mm256_sub_ps,
+    _mm256_mul_ps,
+    _mm256_min_ps,
+    _mm256_max_ps
+);
+avx_pack!(
+    F64x4,
+    f64,
+    4,
+    _mm256_set1_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd,
+    _mm256_add_pd,
+    _mm256_sub_pd,
+    _mm256_mul_pd,
+    _mm256_min_pd,
+    _mm256_max_pd
+);
 
 #[target_feature(enable = "avx2")]
 fn step_avx2<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {

@@ -19,14 +19,14 @@ pub(crate) mod sealed {
         #[cfg(feature = "simd")]
         type Wide = wide::f32x8;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        type Avx2 = crate::avx2::Lanes<f32, 8>;
+        type Avx2 = crate::avx2::F32x8;
     }
 
     impl Sealed for f64 {
         #[cfg(feature = "simd")]
         type Wide = wide::f64x4;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        type Avx2 = crate::avx2::Lanes<f64, 4>;
+        type Avx2 = crate::avx2::F64x4;
     }
 }
 

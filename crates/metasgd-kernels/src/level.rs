@@ -7,7 +7,7 @@ pub enum SimdLevel {
     Scalar,
     /// `wide` with the instruction set the build targets (SSE2 on plain x86-64).
     Wide,
-    /// The build targets AVX2 (`-C target-cpu=native` or similar): `wide` is AVX2.
+    /// The build targets AVX2 (`-C target-cpu=native` or similar): the AVX2 loop, no check needed.
     Avx2Compiled,
     /// The build does not target AVX2 but the CPU has it: the runtime-dispatched AVX2 loop.
     Avx2Runtime,
@@ -19,7 +19,7 @@ impl SimdLevel {
         match self {
             SimdLevel::Scalar => "scalar (simd feature off)",
             SimdLevel::Wide => "wide (compile-time instruction set)",
-            SimdLevel::Avx2Compiled => "avx2 (compiled in, wide)",
+            SimdLevel::Avx2Compiled => "avx2 (compiled in)",
             SimdLevel::Avx2Runtime => "avx2 (runtime dispatch)",
         }
     }

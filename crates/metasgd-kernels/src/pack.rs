@@ -31,13 +31,43 @@ pub trait Pack<A>: Copy {
 }
 
 /// The per-element sequence of `scalar::update`, lane-wise.
+///
+/// The accumulator's first three sums are produced with one addition and two
+/// multiplications that give the same bits, which moves work from the
+/// adder ports (the bottleneck: 2K + 1 additions per element) to the
+/// multiplier ports:
+/// - `c1 = 0 + d` is kept as an addition (it turns `-0` into `+0`);
+/// - `c2 = c1 + d = 2 * c1`: `c1` equals `d` bit for bit unless `d` is `-0`
+///   (then `c1 = +0` and `+0 + -0 = +0 = 2 * +0`), and doubling is exact, so
+///   both round the same value once (an overflow is `inf` either way; a NaN
+///   `d` gives `c1`'s NaN either way);
+/// - `c3 = c2 + d = 3 * c1`: `c2 = 2 * c1` is exact, so `c2 + d` is `3 * c1`
+///   rounded once, as is the product (the same reasoning covers zeros,
+///   infinities, subnormals and NaN).
+///
+/// Later sums add a rounded `c3` and are not multiples; they stay additions.
+/// The theta chain has no such identity and is untouched. `tests/agree.rs`
+/// checks all of it against the scalar reference bit for bit.
 #[inline(always)]
-fn update<A: Element, P: Pack<A>>(theta: P, g: P, alpha: P, k: &Consts<A, P>) -> (P, P) {
+fn update<A: Element, P: Pack<A>>(
+    theta: P,
+    g: P,
+    alpha: P,
+    k: &Consts<A, P>,
+    steps: usize,
+) -> (P, P) {
     let d = alpha.mul(g);
     let mut t = theta;
-    let mut c = P::splat(A::ZERO);
-    for _ in 0..k.inner_steps {
+    for _ in 0..steps {
         t = t.sub(d);
+    }
+    let c1 = P::splat(A::ZERO).add(d);
+    let mut c = match steps {
+        1 => c1,
+        2 => c1.mul(k.two),
+        _ => c1.mul(k.three),
+    };
+    for _ in 3..steps {
         c = c.add(d);
     }
     let m = g.mul(c);
@@ -47,19 +77,41 @@ fn update<A: Element, P: Pack<A>>(theta: P, g: P, alpha: P, k: &Consts<A, P>) ->
 
 struct Consts<A, P> {
     beta: P,
-    inner_steps: usize,
+    two: P,
+    three: P,
     _a: core::marker::PhantomData<A>,
 }
 
 /// Runs one tensor through packs of `P`, then the scalar reference on the tail.
+///
+/// The usual inner-step counts get a loop of their own with `K` known at
+/// compile time, so the chains are unrolled straight-line code.
 #[inline(always)]
 pub(crate) fn step<A: Element, P: Pack<A>>(u: Update<'_, A>, cfg: &Config<A>) {
+    match cfg.inner_steps() {
+        1 => step_k::<A, P, 1>(u, cfg),
+        2 => step_k::<A, P, 2>(u, cfg),
+        3 => step_k::<A, P, 3>(u, cfg),
+        4 => step_k::<A, P, 4>(u, cfg),
+        5 => step_k::<A, P, 5>(u, cfg),
+        6 => step_k::<A, P, 6>(u, cfg),
+        7 => step_k::<A, P, 7>(u, cfg),
+        8 => step_k::<A, P, 8>(u, cfg),
+        _ => step_k::<A, P, 0>(u, cfg),
+    }
+}
+
+/// [`step`] with `K` inner steps, or `cfg.inner_steps()` when `K == 0`.
+#[inline(always)]
+fn step_k<A: Element, P: Pack<A>, const K: usize>(u: Update<'_, A>, cfg: &Config<A>) {
+    let steps = if K == 0 { cfg.inner_steps() } else { K };
     let lanes = P::LANES;
     let body = u.len() - u.len() % lanes;
     let (main, tail) = u.split_at(body);
     let k = Consts {
         beta: P::splat(cfg.alpha_lr()),
-        inner_steps: cfg.inner_steps(),
+        two: P::splat(A::one() + A::one()),
+        three: P::splat(A::one() + A::one() + A::one()),
         _a: core::marker::PhantomData,
     };
     let Update { theta, alpha, grad } = main;
@@ -68,7 +120,7 @@ pub(crate) fn step<A: Element, P: Pack<A>>(u: Update<'_, A>, cfg: &Config<A>) {
     match theta {
         Theta::InPlace(theta) => {
             for ((t, a), g) in theta.chunks_exact_mut(lanes).zip(alpha).zip(grad) {
-                let (nt, na) = update(P::load(t), P::load(g), P::load(a), &k);
+                let (nt, na) = update(P::load(t), P::load(g), P::load(a), &k, steps);
                 nt.store(t);
                 na.store(a);
             }
@@ -76,7 +128,7 @@ pub(crate) fn step<A: Element, P: Pack<A>>(u: Update<'_, A>, cfg: &Config<A>) {
         Theta::Into { src, dst } => {
             let theta = src.chunks_exact(lanes).zip(dst.chunks_exact_mut(lanes));
             for (((s, d), a), g) in theta.zip(alpha).zip(grad) {
-                let (nt, na) = update(P::load(s), P::load(g), P::load(a), &k);
+                let (nt, na) = update(P::load(s), P::load(g), P::load(a), &k, steps);
                 nt.store(d);
                 na.store(a);
             }

@@ -2,8 +2,9 @@
 //!
 //! `wide` picks its instructions when it is compiled: in a default x86-64
 //! build its `f32x8` is two SSE halves. [`step`] therefore checks the CPU once
-//! (see [`crate::simd_level`]) and runs `avx2.rs` where AVX2 exists but was not
-//! compiled in.
+//! (see [`crate::simd_level`]) and runs `avx2.rs` wherever AVX2 exists, so a
+//! default build and a `-C target-cpu=native` build run the same loop; `wide`
+//! serves every other target (SSE2, NEON, ...).
 
 use wide::{f32x8, f64x4};
 
@@ -62,7 +63,7 @@ pub fn step_wide<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
 pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
     match simd_level() {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2Runtime => crate::avx2::step(u, cfg),
+        SimdLevel::Avx2Runtime | SimdLevel::Avx2Compiled => crate::avx2::step(u, cfg),
         _ => step_wide(u, cfg),
     }
 }

@@ -94,13 +94,15 @@ pub(crate) fn output_like<A: Element, D: Dimension>(
     like: &ArrayView<'_, A, D>,
 ) -> ndarray::Array<A, D> {
     use ndarray::ShapeBuilder;
-    // Zero-filled allocations are calloc'd: the kernel's first write pays the
-    // page faults, no separate fill pass.
-    if !like.is_standard_layout() && like.t().is_standard_layout() {
-        ndarray::Array::zeros(like.raw_dim().f())
+    let data = metasgd_kernels::alloc::zeroed_vec(like.len());
+    let fortran = !like.is_standard_layout() && like.t().is_standard_layout();
+    let shaped = if fortran {
+        ndarray::Array::from_shape_vec(like.raw_dim().f(), data)
     } else {
-        ndarray::Array::zeros(like.raw_dim())
-    }
+        ndarray::Array::from_shape_vec(like.raw_dim(), data)
+    };
+    // The length is the shape's size, so the shape always fits.
+    shaped.unwrap_or_else(|_| ndarray::Array::zeros(like.raw_dim()))
 }
 
 /// Row-major index of the first NaN or infinity, if any.

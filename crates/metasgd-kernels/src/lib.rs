@@ -30,6 +30,7 @@
 //! assert_eq!(theta[0], 1.0 - 0.01 * 0.1);
 //! ```
 
+pub mod alloc;
 mod config;
 mod element;
 pub mod scalar;

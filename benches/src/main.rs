@@ -54,8 +54,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("table") => table(&Settings::new(quick), csv.as_deref()),
         Some("incache") => incache(quick),
+        Some("threshold") => threshold(&Settings::new(quick)),
         _ => {
-            eprintln!("usage: kernel-compare (table [--quick] [--csv PATH] | incache [--quick])");
+            eprintln!(
+                "usage: kernel-compare (table [--quick] [--csv PATH] | incache [--quick] | threshold [--quick])"
+            );
             std::process::exit(2);
         }
     }
@@ -433,4 +436,48 @@ where
     });
     b.run(s.rounds, s.batch);
     b.median_ns(i)
+}
+
+/// Serial SIMD against the parallel kernel on 2 threads around the threshold:
+/// the measurement behind `PAR_THRESHOLD`.
+fn threshold(s: &Settings) {
+    println!(
+        "simd level: {}; parallel chunk = {} elements; current PAR_THRESHOLD = {}",
+        kernels::simd_level().name(),
+        kernels::par::PAR_CHUNK,
+        kernels::PAR_THRESHOLD
+    );
+    println!(
+        "{:<5} {:>7} {:>12} {:>12} {:>10}",
+        "type", "size", "simd ns", "parallel ns", "par/simd"
+    );
+    pool(2).install(|| {
+        for n in [
+            8usize << 10,
+            16 << 10,
+            32 << 10,
+            64 << 10,
+            128 << 10,
+            256 << 10,
+            512 << 10,
+        ] {
+            let (mut t1, g1, _) = inputs::<f32>(n);
+            let (mut t2, g2, _) = inputs::<f32>(n);
+            let mut simd = optimizer::<f32>().with_backend(metasgd::Backend::Simd);
+            let mut par = optimizer::<f32>().with_backend(metasgd::Backend::Parallel);
+            let mut b = Interleaved::new();
+            let i = b.add(|| simd.step_inplace(t1.view_mut(), g1.view()).expect("step"));
+            let j = b.add(|| par.step_inplace(t2.view_mut(), g2.view()).expect("step"));
+            b.run(s.rounds, s.batch);
+            let (a, p) = (b.median_ns(i), b.median_ns(j));
+            println!(
+                "{:<5} {:>7} {:>12.0} {:>12.0} {:>10.3}",
+                "f32",
+                label(n),
+                a,
+                p,
+                p / a
+            );
+        }
+    });
 }

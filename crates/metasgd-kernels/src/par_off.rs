@@ -7,7 +7,7 @@ use crate::{Config, Element, Update};
 pub const AVAILABLE: bool = false;
 
 /// Elements per parallel task (unused without the `parallel` feature).
-pub const PAR_CHUNK: usize = 32 * 1024;
+pub const PAR_CHUNK: usize = 16 * 1024;
 
 /// Always 1 without the `parallel` feature.
 pub fn current_num_threads() -> usize {

@@ -250,6 +250,18 @@ impl<A: Element> MetaSGD<A> {
         Ok(Plan::Run(self.backend.kernel(total)))
     }
 
+    /// The kernel to run a validated call on, or `None` for a step skipped
+    /// under [`NonFinitePolicy::Skip`] (counted here).
+    fn admit(&mut self, plan: Result<Plan>) -> Result<Option<Kernel>> {
+        match plan? {
+            Plan::Run(kernel) => Ok(Some(kernel)),
+            Plan::Skip => {
+                self.skipped_steps += 1;
+                Ok(None)
+            }
+        }
+    }
+
     /// Creates missing slots, each laid out like its parameters.
     fn init_slots<'p, D: Dimension + 'p>(
         &mut self,
@@ -303,9 +315,8 @@ fn invalid<A: Element>(name: &'static str, value: A, requirement: &'static str) 
 impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// One fused pass from `params` into a new array (same memory order).
     fn step(&mut self, params: &Array<A, D>, gradients: &Array<A, D>) -> Result<Array<A, D>> {
-        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view())?;
-        let Plan::Run(kernel) = plan else {
-            self.skipped_steps += 1;
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
+        let Some(kernel) = self.admit(plan)? else {
             return Ok(params.clone());
         };
         self.init_slots(core::iter::once(params.view()));
@@ -330,9 +341,8 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             gradients_list.len(),
             |j| params_list[j].shape(),
             |j| gradients_list[j].view(),
-        )?;
-        let Plan::Run(kernel) = plan else {
-            self.skipped_steps += 1;
+        );
+        let Some(kernel) = self.admit(plan)? else {
             return Ok(params_list.iter().map(|p| (*p).clone()).collect());
         };
         self.init_slots(params_list.iter().map(|p| p.view()));
@@ -356,9 +366,8 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         params: ArrayViewMut<'_, A, D>,
         gradients: ArrayView<'_, A, D>,
     ) -> Result<()> {
-        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view())?;
-        let Plan::Run(kernel) = plan else {
-            self.skipped_steps += 1;
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
+        let Some(kernel) = self.admit(plan)? else {
             return Ok(());
         };
         self.init_slots(core::iter::once(params.view()));
@@ -380,9 +389,8 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             gradients.len(),
             |j| params[j].shape(),
             |j| gradients[j].view(),
-        )?;
-        let Plan::Run(kernel) = plan else {
-            self.skipped_steps += 1;
+        );
+        let Some(kernel) = self.admit(plan)? else {
             return Ok(());
         };
         self.init_slots(params.iter().map(|p| p.view()));

@@ -113,7 +113,7 @@ pub fn step<A: Element>(kernel: Kernel, u: Update<'_, A>, cfg: &Config<A>) {
     match kernel {
         Kernel::Scalar => scalar::step(u, cfg),
         Kernel::Simd => simd::step(u, cfg),
-        Kernel::Parallel => par::step_many([u], cfg),
+        Kernel::Parallel => par::for_each_chunk([u], |u| simd::step(u, cfg)),
     }
 }
 
@@ -127,6 +127,6 @@ pub fn step_many<'a, A: Element>(
     match kernel {
         Kernel::Scalar => updates.into_iter().for_each(|u| scalar::step(u, cfg)),
         Kernel::Simd => updates.into_iter().for_each(|u| simd::step(u, cfg)),
-        Kernel::Parallel => par::step_many(updates, cfg),
+        Kernel::Parallel => par::for_each_chunk(updates, |u| simd::step(u, cfg)),
     }
 }

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::{Config, Element, Update};
+use crate::{Element, Update};
 
 /// Whether this build has the parallel kernel.
 pub const AVAILABLE: bool = true;
@@ -19,14 +19,6 @@ pub const PAR_CHUNK: usize = 16 * 1024;
 /// Threads in the pool the caller is running on (`pool.install` is honoured).
 pub fn current_num_threads() -> usize {
     rayon::current_num_threads()
-}
-
-/// Runs all `updates` in one parallel pass, chunk by chunk.
-pub fn step_many<'a, A: Element>(
-    updates: impl IntoIterator<Item = Update<'a, A>>,
-    cfg: &Config<A>,
-) {
-    for_each_chunk(updates, |u| crate::simd::step(u, cfg));
 }
 
 /// Cuts `updates` into chunks of at most [`PAR_CHUNK`] elements and runs `f`

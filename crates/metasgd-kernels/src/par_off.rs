@@ -1,7 +1,7 @@
 //! Stand-in for the parallel kernel when the `parallel` feature is off: the
-//! serial kernel under the same names, so call sites carry no `cfg`.
+//! same API, run on the calling thread, so call sites carry no `cfg`.
 
-use crate::{Config, Element, Update};
+use crate::{Element, Update};
 
 /// Whether this build has the parallel kernel.
 pub const AVAILABLE: bool = false;
@@ -12,14 +12,6 @@ pub const PAR_CHUNK: usize = 16 * 1024;
 /// Always 1 without the `parallel` feature.
 pub fn current_num_threads() -> usize {
     1
-}
-
-/// Runs all `updates` one after another on the serial kernel.
-pub fn step_many<'a, A: Element>(
-    updates: impl IntoIterator<Item = Update<'a, A>>,
-    cfg: &Config<A>,
-) {
-    for_each_chunk(updates, |u| crate::simd::step(u, cfg));
 }
 
 /// Runs `f` on each update, one after another.

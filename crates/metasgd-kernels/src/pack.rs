@@ -32,22 +32,25 @@ pub trait Pack<A>: Copy {
 
 /// The per-element sequence of `scalar::update`, lane-wise.
 ///
-/// The accumulator's first three sums are produced with one addition and two
-/// multiplications that give the same bits, which moves work from the
-/// adder ports (the bottleneck: 2K + 1 additions per element) to the
-/// multiplier ports:
-/// - `c1 = 0 + d` is kept as an addition (it turns `-0` into `+0`);
-/// - `c2 = c1 + d = 2 * c1`: `c1` equals `d` bit for bit unless `d` is `-0`
-///   (then `c1 = +0` and `+0 + -0 = +0 = 2 * +0`), and doubling is exact, so
-///   both round the same value once (an overflow is `inf` either way; a NaN
-///   `d` gives `c1`'s NaN either way);
-/// - `c3 = c2 + d = 3 * c1`: `c2 = 2 * c1` is exact, so `c2 + d` is `3 * c1`
-///   rounded once, as is the product (the same reasoning covers zeros,
-///   infinities, subnormals and NaN).
+/// The loop is bound by floating-point instruction throughput, so the
+/// accumulator `c = ((0 + d) + d) + ...` is formed with fewer instructions
+/// that provably give the same `theta'` and `alpha'` bits:
 ///
-/// Later sums add a rounded `c3` and are not multiples; they stay additions.
-/// The theta chain has no such identity and is untouched. `tests/agree.rs`
-/// checks all of it against the scalar reference bit for bit.
+/// - `c2 = (0 + d) + d` is `2 * d` and `c3 = c2 + d` is `3 * d`: `2 * d` is
+///   exact, so `c2 + d` rounds the exact `3 * d` once, as the product does.
+///   Overflow gives the same infinity, infinities and NaN pass through alike,
+///   subnormals are exact.
+/// - The products can differ from the sums only in the sign of a zero: when
+///   `d = -0`, `0 + d` is `+0` while `2 * d` and `3 * d` are `-0`. Then `m = g
+///   * c` is a zero of either sign (`g` is finite, since `d = -0`), `m * beta`
+///   is a zero or the same NaN, and `alpha - (+-0)` equals `alpha` unless
+///   `alpha` is itself a zero, in which case both results are zeros and the
+///   clamp maps them to `LO`. `theta` never reads `c`.
+///
+/// So `c = d`, `2 * d` or `3 * d` for `K` = 1, 2, 3, and later sums are plain
+/// additions (they add to a rounded value; no identity holds). The theta
+/// chain is the spec's, untouched. `tests/agree.rs` checks every kernel
+/// against the scalar reference bit for bit, signed zeros included.
 #[inline(always)]
 fn update<A: Element, P: Pack<A>>(
     theta: P,
@@ -61,11 +64,10 @@ fn update<A: Element, P: Pack<A>>(
     for _ in 0..steps {
         t = t.sub(d);
     }
-    let c1 = P::splat(A::ZERO).add(d);
     let mut c = match steps {
-        1 => c1,
-        2 => c1.mul(k.two),
-        _ => c1.mul(k.three),
+        1 => d,
+        2 => d.mul(k.two),
+        _ => d.mul(k.three),
     };
     for _ in 3..steps {
         c = c.add(d);

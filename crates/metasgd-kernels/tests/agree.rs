@@ -201,3 +201,42 @@ fn parallel_runs_on_the_callers_pool() {
         }
     );
 }
+
+/// Signed zeros in every operand that can produce a zero `delta`, with every
+/// kind of `alpha_lr`, for each `K`: the case the accumulator shortcut in
+/// `pack.rs` argues about.
+#[test]
+fn signed_zero_deltas() {
+    fn run<A: Element>() {
+        let z = [A::zero(), -A::zero()];
+        let values = [z[0], z[1], A::one(), -A::one(), A::LO, A::HI, A::nan()];
+        let mut theta = Vec::new();
+        let mut grad = Vec::new();
+        let mut alpha = Vec::new();
+        for &a in &values {
+            for &g in &values {
+                for &t in &z {
+                    alpha.push(a);
+                    grad.push(g);
+                    theta.push(t);
+                }
+            }
+        }
+        let lrs = [
+            0.0,
+            -0.0,
+            1e-3,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for lr in lrs {
+            for k in 1..=9 {
+                check(&theta, &grad, &alpha, &Config::new(A::from(lr).unwrap(), k));
+            }
+        }
+    }
+    run::<f32>();
+    run::<f64>();
+}

@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use metasgd::kernels::{self, Element, Kernel};
@@ -260,7 +261,7 @@ fn list_vs_flat(s: &Settings, threads: usize) -> (f64, f64, usize) {
 
 /// The allocating `step` against `step_inplace`, same size, same pool.
 /// The allocating `step` against `step_inplace`, same size, same pool, and
-/// what fresh memory alone costs: a new zeroed buffer written once, minus
+/// what fresh memory alone costs: a new output buffer written once, minus
 /// the same write into a buffer that already exists. Returns
 /// `(allocating, in-place, fresh-memory cost)` in ns.
 fn alloc_vs_inplace<A: Element>(s: &Settings, n: usize, threads: usize) -> (f64, f64, f64)
@@ -271,11 +272,11 @@ where
     let (theta2, grad2, _) = inputs::<A>(n);
     let mut a = optimizer::<A>();
     let mut b_opt = optimizer::<A>();
-    let mut warm_buf = kernels::alloc::zeroed_vec::<A>(n);
-    let fill = |v: &mut [A]| {
+    let mut warm_buf = kernels::alloc::uninit_slice::<A>(n);
+    let fill = |v: &mut [MaybeUninit<A>]| {
         use rayon::prelude::*;
         v.par_chunks_mut(kernels::par::PAR_CHUNK)
-            .for_each(|c| c.fill(A::one()));
+            .for_each(|c| c.fill(MaybeUninit::new(A::one())));
     };
     pool(threads).install(|| {
         let mut b = Interleaved::new();
@@ -286,7 +287,7 @@ where
                 .expect("step")
         });
         let fresh = b.add(|| {
-            let mut v = kernels::alloc::zeroed_vec::<A>(n);
+            let mut v = kernels::alloc::uninit_slice::<A>(n);
             fill(&mut v);
             sink(v);
         });

@@ -7,15 +7,18 @@
 //! other layout is walked by `Zip` with the scalar reference, which computes
 //! the same bits.
 
-use metasgd_kernels::{Config, Element, Theta, Update, scalar};
-use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, Zip};
+use core::mem::MaybeUninit;
 
-/// One slot's parameters: updated in place, or read from `src` into `dst`.
+use metasgd_kernels::{Config, Element, Theta, Update, scalar};
+use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, ShapeBuilder, Zip};
+
+/// One slot's parameters: updated in place, or read from `src` into `dst`
+/// (uninitialised memory, written once, element by element).
 pub(crate) enum Target<'a, A, D: Dimension> {
     InPlace(ArrayViewMut<'a, A, D>),
     Into {
         src: ArrayView<'a, A, D>,
-        dst: ArrayViewMut<'a, A, D>,
+        dst: ArrayViewMut<'a, MaybeUninit<A>, D>,
     },
 }
 
@@ -84,25 +87,59 @@ fn strided<A: Element, D: Dimension>(
             .and(&src.into_dyn())
             .and(&grad)
             .and(alpha)
-            .for_each(|o, &t, &g, a| (*o, *a) = scalar::update(t, g, *a, cfg)),
+            .for_each(|o, &t, &g, a| {
+                let (nt, na) = scalar::update(t, g, *a, cfg);
+                o.write(nt);
+                *a = na;
+            }),
     }
 }
 
-/// An array to receive the allocating step's result, laid out like `like`
-/// (C or Fortran order) so that the fast path applies.
-pub(crate) fn output_like<A: Element, D: Dimension>(
-    like: &ArrayView<'_, A, D>,
-) -> ndarray::Array<A, D> {
-    use ndarray::ShapeBuilder;
-    let data = metasgd_kernels::alloc::zeroed_vec(like.len());
-    let fortran = !like.is_standard_layout() && like.t().is_standard_layout();
-    let shaped = if fortran {
-        ndarray::Array::from_shape_vec(like.raw_dim().f(), data)
-    } else {
-        ndarray::Array::from_shape_vec(like.raw_dim(), data)
-    };
-    // The length is the shape's size, so the shape always fits.
-    shaped.unwrap_or_else(|_| ndarray::Array::zeros(like.raw_dim()))
+/// The allocating step's result, before and after the step writes it: room
+/// for every element, laid out like the parameters (C or Fortran order) so
+/// that the fast path applies.
+pub(crate) struct Output<A, D> {
+    data: Box<[MaybeUninit<A>]>,
+    dim: D,
+    fortran: bool,
+}
+
+impl<A: Element, D: Dimension> Output<A, D> {
+    pub(crate) fn like(params: &ArrayView<'_, A, D>) -> Self {
+        Self {
+            data: metasgd_kernels::alloc::uninit_slice(params.len()),
+            dim: params.raw_dim(),
+            fortran: !params.is_standard_layout() && params.t().is_standard_layout(),
+        }
+    }
+
+    /// The view the step writes through.
+    pub(crate) fn view_mut(&mut self) -> ArrayViewMut<'_, MaybeUninit<A>, D> {
+        let dim = self.dim.clone();
+        let shaped = if self.fortran {
+            ArrayViewMut::from_shape(dim.f(), &mut self.data)
+        } else {
+            ArrayViewMut::from_shape(dim, &mut self.data)
+        };
+        shaped.expect("the buffer holds exactly the shape's elements")
+    }
+
+    /// The finished array.
+    ///
+    /// # Safety
+    /// Every element must have been written: [`Self::view_mut`] was the
+    /// `dst` of a [`Target::Into`] that went through [`dispatch`], whose
+    /// kernel and strided paths both write every element.
+    pub(crate) unsafe fn assume_init(self) -> Array<A, D> {
+        // SAFETY: the caller guarantees every element was written.
+        let data = unsafe { self.data.assume_init() }.into_vec();
+        let shaped = if self.fortran {
+            Array::from_shape_vec(self.dim.f(), data)
+        } else {
+            Array::from_shape_vec(self.dim, data)
+        };
+        shaped.expect("the buffer holds exactly the shape's elements")
+    }
 }
 
 /// Row-major index of the first NaN or infinity, if any.

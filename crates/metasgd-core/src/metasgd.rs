@@ -3,7 +3,7 @@
 use metasgd_kernels::{Config, Element, Kernel, Update, scalar};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
-use crate::layout::{self, Target};
+use crate::layout::{self, Output, Target};
 use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
@@ -321,13 +321,14 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         };
         self.init_slots(core::iter::once(params.view()));
         let src = params.view();
-        let mut out = layout::output_like(&src);
+        let mut out = Output::like(&src);
         let target = Target::Into {
             src,
             dst: out.view_mut(),
         };
         self.apply(kernel, core::iter::once((target, gradients.view())));
-        Ok(out)
+        // SAFETY: `apply` ran the step through `out.view_mut()`, writing every element.
+        Ok(unsafe { out.assume_init() })
     }
 
     fn step_list(
@@ -346,9 +347,9 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             return Ok(params_list.iter().map(|p| (*p).clone()).collect());
         };
         self.init_slots(params_list.iter().map(|p| p.view()));
-        let mut outs: Vec<Array<A, D>> = params_list
+        let mut outs: Vec<Output<A, D>> = params_list
             .iter()
-            .map(|p| layout::output_like(&p.view()))
+            .map(|p| Output::like(&p.view()))
             .collect();
         let targets = params_list
             .iter()
@@ -358,7 +359,11 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
                 dst: o.view_mut(),
             });
         self.apply(kernel, targets.zip(gradients_list.iter().map(|g| g.view())));
-        Ok(outs)
+        // SAFETY: `apply` ran the step through each `view_mut()`, writing every element.
+        Ok(outs
+            .into_iter()
+            .map(|o| unsafe { o.assume_init() })
+            .collect())
     }
 
     fn step_inplace(

@@ -8,6 +8,7 @@
 //! scalar reference.
 
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 use crate::pack::{self, Pack};
 use crate::{Config, Element, SimdLevel, Update, simd_level};
@@ -47,6 +48,13 @@ macro_rules! avx_pack {
                 let s = &mut s[..$n];
                 // SAFETY: see the note above the macro; `s` holds `$n` elements.
                 unsafe { $storeu(s.as_mut_ptr(), self.0) }
+            }
+            #[inline(always)]
+            fn store_uninit(self, s: &mut [MaybeUninit<$a>]) {
+                let s = &mut s[..$n];
+                // SAFETY: see the note above the macro; `s` holds `$n`
+                // elements, and `MaybeUninit<$a>` has the layout of `$a`.
+                unsafe { $storeu(s.as_mut_ptr().cast::<$a>(), self.0) }
             }
             #[inline(always)]
             fn add(self, o: Self) -> Self {

@@ -1,5 +1,7 @@
 //! Hyperparameters of one update and the views it works on.
 
+use core::mem::MaybeUninit;
+
 use crate::Element;
 
 /// The hyperparameters a kernel needs: `beta = alpha_lr` and `K = inner_steps`.
@@ -36,12 +38,14 @@ impl<A: Element> Config<A> {
 pub enum Theta<'a, A> {
     /// Read and overwrite the parameters in place.
     InPlace(&'a mut [A]),
-    /// Read `src`, write the result to `dst` (the allocating step: one fused pass).
+    /// Read `src`, write the result to `dst` (the allocating step: one fused
+    /// pass into memory nobody has initialised). Every kernel writes every
+    /// element of `dst`, so once the update has run, `dst` is initialised.
     Into {
         /// Current parameters.
         src: &'a [A],
         /// Receives the updated parameters.
-        dst: &'a mut [A],
+        dst: &'a mut [MaybeUninit<A>],
     },
 }
 

@@ -1,8 +1,10 @@
 //! The contract's sequence written once over a pack of lanes.
 //!
-//! [`Pack`] is implemented by `wide`'s vectors (`simd.rs`) and by plain lane
-//! arrays compiled under `#[target_feature]` (`avx2.rs`). Elements past the
+//! [`Pack`] is implemented by `wide`'s vectors (`simd.rs`) and by AVX
+//! registers used under `#[target_feature]` (`avx2.rs`). Elements past the
 //! last full pack go through the scalar reference, which computes the same bits.
+
+use core::mem::MaybeUninit;
 
 use crate::{Config, Element, Theta, Update, scalar};
 
@@ -19,6 +21,8 @@ pub trait Pack<A>: Copy {
     fn load(s: &[A]) -> Self;
     /// Stores into the first `LANES` elements of `s`.
     fn store(self, s: &mut [A]);
+    /// Stores into the first `LANES` elements of `s`, initialising them.
+    fn store_uninit(self, s: &mut [MaybeUninit<A>]);
     /// Lane-wise `self + o`.
     fn add(self, o: Self) -> Self;
     /// Lane-wise `self - o`.
@@ -131,7 +135,7 @@ fn step_k<A: Element, P: Pack<A>, const K: usize>(u: Update<'_, A>, cfg: &Config
             let theta = src.chunks_exact(lanes).zip(dst.chunks_exact_mut(lanes));
             for (((s, d), a), g) in theta.zip(alpha).zip(grad) {
                 let (nt, na) = update(P::load(s), P::load(g), P::load(a), &k, steps);
-                nt.store(d);
+                nt.store_uninit(d);
                 na.store(a);
             }
         }

@@ -43,7 +43,9 @@ pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
         }
         Theta::Into { src, dst } => {
             for (((o, &t), a), &g) in dst.iter_mut().zip(src).zip(alpha.iter_mut()).zip(grad) {
-                (*o, *a) = update(t, g, *a, cfg);
+                let (nt, na) = update(t, g, *a, cfg);
+                o.write(nt);
+                *a = na;
             }
         }
     }

@@ -6,6 +6,8 @@
 //! default build and a `-C target-cpu=native` build run the same loop; `wide`
 //! serves every other target (SSE2, NEON, ...).
 
+use core::mem::MaybeUninit;
+
 use wide::{f32x8, f64x4};
 
 use crate::pack::{self, Pack};
@@ -29,6 +31,12 @@ macro_rules! wide_pack {
             #[inline(always)]
             fn store(self, s: &mut [$a]) {
                 s[..$n].copy_from_slice(self.as_array());
+            }
+            #[inline(always)]
+            fn store_uninit(self, s: &mut [MaybeUninit<$a>]) {
+                for (d, &x) in s[..$n].iter_mut().zip(self.as_array()) {
+                    d.write(x);
+                }
             }
             #[inline(always)]
             fn add(self, o: Self) -> Self {

@@ -275,12 +275,18 @@ impl<A: Element> MetaSGD<A> {
     }
 
     /// Runs a validated step on `targets` (one per slot, in order).
+    ///
+    /// `output_bytes` is the size of new arrays the call writes (0 in place):
+    /// past [`metasgd_kernels::STREAM_MIN_BYTES`] they get streaming stores.
     fn apply<'a, D: Dimension + 'a>(
         &'a mut self,
         kernel: Kernel,
+        output_bytes: usize,
         targets: impl Iterator<Item = (Target<'a, A, D>, ArrayView<'a, A, D>)>,
     ) {
-        let cfg = self.config();
+        let cfg = self
+            .config()
+            .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
         self.step_count += 1;
         let slots = self.slots.iter_mut();
         if kernel == Kernel::Parallel {
@@ -326,7 +332,8 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             src,
             dst: out.view_mut(),
         };
-        self.apply(kernel, core::iter::once((target, gradients.view())));
+        let bytes = params.len() * size_of::<A>();
+        self.apply(kernel, bytes, core::iter::once((target, gradients.view())));
         // SAFETY: `apply` ran the step through `out.view_mut()`, writing every element.
         Ok(unsafe { out.assume_init() })
     }
@@ -358,7 +365,12 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
                 src: p.view(),
                 dst: o.view_mut(),
             });
-        self.apply(kernel, targets.zip(gradients_list.iter().map(|g| g.view())));
+        let bytes = params_list.iter().map(|p| p.len() * size_of::<A>()).sum();
+        self.apply(
+            kernel,
+            bytes,
+            targets.zip(gradients_list.iter().map(|g| g.view())),
+        );
         // SAFETY: `apply` ran the step through each `view_mut()`, writing every element.
         Ok(outs
             .into_iter()
@@ -378,6 +390,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         self.init_slots(core::iter::once(params.view()));
         self.apply(
             kernel,
+            0,
             core::iter::once((Target::InPlace(params), gradients)),
         );
         Ok(())
@@ -400,7 +413,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         };
         self.init_slots(params.iter().map(|p| p.view()));
         let targets = params.iter_mut().map(|p| Target::InPlace(p.view_mut()));
-        self.apply(kernel, targets.zip(gradients.iter().map(|g| g.view())));
+        self.apply(kernel, 0, targets.zip(gradients.iter().map(|g| g.view())));
         Ok(())
     }
 

@@ -28,7 +28,7 @@ pub struct F64x4(__m256d);
 // on a CPU with AVX. Loads and stores go through slices re-sliced to exactly
 // `LANES` elements, so they stay in bounds.
 macro_rules! avx_pack {
-    ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident,
+    ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident, $stream:ident,
      $add:ident, $sub:ident, $mul:ident, $min:ident, $max:ident) => {
         impl Pack<$a> for $pack {
             const LANES: usize = $n;
@@ -55,6 +55,19 @@ macro_rules! avx_pack {
                 // SAFETY: see the note above the macro; `s` holds `$n`
                 // elements, and `MaybeUninit<$a>` has the layout of `$a`.
                 unsafe { $storeu(s.as_mut_ptr().cast::<$a>(), self.0) }
+            }
+            #[inline(always)]
+            fn store_stream(self, s: &mut [MaybeUninit<$a>]) {
+                let s = &mut s[..$n];
+                let p = s.as_mut_ptr().cast::<$a>();
+                if p as usize % pack::STREAM_ALIGN == 0 {
+                    // SAFETY: see the note above the macro; `s` holds `$n`
+                    // elements and `p` is 32-byte aligned, as the
+                    // non-temporal store requires.
+                    unsafe { $stream(p, self.0) }
+                } else {
+                    self.store_uninit(s)
+                }
             }
             #[inline(always)]
             fn add(self, o: Self) -> Self {
@@ -93,6 +106,7 @@ avx_pack!(
     _mm256_set1_ps,
     _mm256_loadu_ps,
     _mm256_storeu_ps,
+    _mm256_stream_ps,
     _mm256_add_ps,
     _mm256_sub_ps,
     _mm256_mul_ps,
@@ -106,6 +120,7 @@ avx_pack!(
     _mm256_set1_pd,
     _mm256_loadu_pd,
     _mm256_storeu_pd,
+    _mm256_stream_pd,
     _mm256_add_pd,
     _mm256_sub_pd,
     _mm256_mul_pd,
@@ -115,7 +130,12 @@ avx_pack!(
 
 #[target_feature(enable = "avx2")]
 fn step_avx2<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
-    pack::step::<A, A::Avx2>(u, cfg)
+    pack::step::<A, A::Avx2>(u, cfg);
+    if cfg.streaming_stores() {
+        // Non-temporal stores are weakly ordered: fence them before whoever
+        // reads the output (another thread, after rayon's join) can look.
+        _mm_sfence();
+    }
 }
 
 /// Runs the AVX2 kernel.

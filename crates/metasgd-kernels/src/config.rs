@@ -9,6 +9,7 @@ use crate::Element;
 pub struct Config<A> {
     alpha_lr: A,
     inner_steps: usize,
+    streaming: bool,
 }
 
 impl<A: Element> Config<A> {
@@ -17,7 +18,23 @@ impl<A: Element> Config<A> {
         Self {
             alpha_lr,
             inner_steps: inner_steps.max(1),
+            streaming: false,
         }
+    }
+
+    /// Writes [`Theta::Into`] outputs with non-temporal (streaming) stores
+    /// where the instruction set has them: for outputs far larger than the
+    /// cache, this saves reading every output line before overwriting it.
+    /// See [`crate::STREAM_MIN_BYTES`]. The bits are the same either way.
+    pub fn with_streaming_stores(mut self, on: bool) -> Self {
+        self.streaming = on;
+        self
+    }
+
+    /// Whether [`Self::with_streaming_stores`] is on.
+    #[inline]
+    pub fn streaming_stores(&self) -> bool {
+        self.streaming
     }
 
     /// `beta`, the learning rate of the per-parameter learning rates.

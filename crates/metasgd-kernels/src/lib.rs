@@ -64,6 +64,13 @@ pub use level::{SimdLevel, simd_level};
 /// 1.03 at 16K elements, 0.64 at 32K, 0.59 at 64K.
 pub const PAR_THRESHOLD: usize = 32 * 1024;
 
+/// Outputs of at least this many bytes in one allocating call are worth
+/// streaming stores ([`Config::with_streaming_stores`]): far past the 32 MiB
+/// L3 of the machines we measure on, reading each output line before
+/// overwriting it costs more than bypassing the cache. Below, the output
+/// stays in cache for whoever reads it next.
+pub const STREAM_MIN_BYTES: usize = 32 << 20;
+
 /// Which kernel runs an update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {

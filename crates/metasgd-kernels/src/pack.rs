@@ -23,6 +23,12 @@ pub trait Pack<A>: Copy {
     fn store(self, s: &mut [A]);
     /// Stores into the first `LANES` elements of `s`, initialising them.
     fn store_uninit(self, s: &mut [MaybeUninit<A>]);
+    /// Like [`Self::store_uninit`], bypassing the cache where the pack can
+    /// and `s` is aligned to [`STREAM_ALIGN`] bytes.
+    #[inline(always)]
+    fn store_stream(self, s: &mut [MaybeUninit<A>]) {
+        self.store_uninit(s)
+    }
     /// Lane-wise `self + o`.
     fn add(self, o: Self) -> Self;
     /// Lane-wise `self - o`.
@@ -107,10 +113,34 @@ pub(crate) fn step<A: Element, P: Pack<A>>(u: Update<'_, A>, cfg: &Config<A>) {
     }
 }
 
+/// Alignment of the output that streaming stores need.
+pub(crate) const STREAM_ALIGN: usize = 32;
+
+/// Elements before a `Theta::Into` output reaches [`STREAM_ALIGN`].
+fn unaligned_head<A>(u: &Update<'_, A>) -> usize {
+    match &u.theta {
+        Theta::Into { dst, .. } => {
+            let misaligned = dst.as_ptr() as usize % STREAM_ALIGN;
+            ((STREAM_ALIGN - misaligned) % STREAM_ALIGN / size_of::<A>()).min(dst.len())
+        }
+        Theta::InPlace(_) => 0,
+    }
+}
+
 /// [`step`] with `K` inner steps, or `cfg.inner_steps()` when `K == 0`.
 #[inline(always)]
 fn step_k<A: Element, P: Pack<A>, const K: usize>(u: Update<'_, A>, cfg: &Config<A>) {
     let steps = if K == 0 { cfg.inner_steps() } else { K };
+    let stream = cfg.streaming_stores();
+    let u = if stream {
+        // Streaming stores want an aligned output: the head goes the scalar way.
+        let head = unaligned_head(&u);
+        let (head, rest) = u.split_at(head);
+        scalar::step(head, cfg);
+        rest
+    } else {
+        u
+    };
     let lanes = P::LANES;
     let body = u.len() - u.len() % lanes;
     let (main, tail) = u.split_at(body);
@@ -135,7 +165,11 @@ fn step_k<A: Element, P: Pack<A>, const K: usize>(u: Update<'_, A>, cfg: &Config
             let theta = src.chunks_exact(lanes).zip(dst.chunks_exact_mut(lanes));
             for (((s, d), a), g) in theta.zip(alpha).zip(grad) {
                 let (nt, na) = update(P::load(s), P::load(g), P::load(a), &k, steps);
-                nt.store_uninit(d);
+                if stream {
+                    nt.store_stream(d);
+                } else {
+                    nt.store_uninit(d);
+                }
                 na.store(a);
             }
         }

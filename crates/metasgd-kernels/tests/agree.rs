@@ -49,27 +49,35 @@ fn check<A: Element>(theta: &[A], grad: &[A], alpha: &[A], cfg: &Config<A>) {
             theta.len()
         );
 
-        let mut out = metasgd_kernels::alloc::uninit_slice::<A>(theta.len());
-        let mut a = alpha.to_vec();
-        let th = Theta::Into {
-            src: theta,
-            dst: &mut out,
-        };
-        run(Update::new(th, &mut a, grad), cfg);
-        // SAFETY: every kernel writes every element of a `Theta::Into` output.
-        let out = unsafe { out.assume_init() };
-        assert_eq!(
-            bits(&out),
-            bits(&t_ref),
-            "{name} into: theta, n = {}",
-            theta.len()
-        );
-        assert_eq!(
-            bits(&a),
-            bits(&a_ref),
-            "{name} into: alpha, n = {}",
-            theta.len()
-        );
+        // Into a new buffer, with cached and streaming stores, the output
+        // starting at every 4-byte offset from a 32-byte boundary.
+        let n = theta.len();
+        for (offset, streaming) in [(0, false), (0, true), (1, true), (3, true), (7, true)] {
+            let cfg = &cfg.with_streaming_stores(streaming);
+            let mut buf = metasgd_kernels::alloc::uninit_slice::<A>(n + offset);
+            let mut a = alpha.to_vec();
+            let th = Theta::Into {
+                src: theta,
+                dst: &mut buf[offset..],
+            };
+            run(Update::new(th, &mut a, grad), cfg);
+            // SAFETY: every kernel writes every element of a `Theta::Into`
+            // output; `buf[..offset]` is never read.
+            let out: Vec<A> = buf[offset..]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            assert_eq!(
+                bits(&out),
+                bits(&t_ref),
+                "{name} into (offset {offset}, streaming {streaming}): theta, n = {n}"
+            );
+            assert_eq!(
+                bits(&a),
+                bits(&a_ref),
+                "{name} into (offset {offset}, streaming {streaming}): alpha, n = {n}"
+            );
+        }
     }
 }
 

@@ -34,10 +34,11 @@ pub(crate) fn throughput_svg(csv: &str) -> String {
             .entry(format!("{dtype} {threads}T step"))
             .or_default()
             .push((x, gbs));
+        // `frac` is roofline time / step time, so the roofline moves gbs / frac.
         series
             .entry(format!("{dtype} {threads}T roofline"))
             .or_default()
-            .push((x, gbs * frac));
+            .push((x, gbs / frac));
     }
     let pts = series.values().flatten();
     let (xmin, xmax) = pts
@@ -45,7 +46,8 @@ pub(crate) fn throughput_svg(csv: &str) -> String {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
             (a.min(p.0), b.max(p.0))
         });
-    let ymax = pts.fold(1.0_f64, |m, p| m.max(p.1)) * 1.1;
+    // Round the top up to a multiple of 50 GB/s so the 5 grid steps read well.
+    let ymax = (pts.fold(1.0_f64, |m, p| m.max(p.1)) / 50.0).ceil() * 50.0;
     let xspan = (xmax - xmin).max(1.0);
     let sx = |x: f64| LEFT + (x - xmin) / xspan * (W - LEFT - RIGHT);
     let sy = |y: f64| H - BOTTOM - y / ymax * (H - TOP - BOTTOM);

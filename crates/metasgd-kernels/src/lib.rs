@@ -7,7 +7,7 @@
 //! | kernel | module | what it is |
 //! |---|---|---|
 //! | [`Kernel::Scalar`] | [`scalar`] | the reference, written to read like the spec |
-//! | [`Kernel::Simd`] | [`simd`] | `wide` vectors; AVX2 chosen at run time on x86-64 |
+//! | [`Kernel::Simd`] | [`simd`] | AVX2 (`avx2.rs`) where the CPU has it, found at run time; `wide` vectors elsewhere |
 //! | [`Kernel::Parallel`] | [`par`] | rayon chunks of all tensors in one pass, each run by the SIMD kernel |
 //!
 //! [`auto`] picks one by size, features and pool size; [`simd_level`] tells

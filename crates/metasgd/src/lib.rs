@@ -65,7 +65,8 @@
 //!
 //! # Features
 //! - `simd` (default): vectorised kernels; on x86-64 an AVX2 loop is chosen
-//!   at run time when the build does not target AVX2 ([`simd_level`] says which).
+//!   at run time wherever the CPU has AVX2, so a plain build gets it
+//!   ([`simd_level`] says which); `wide` vectors on other targets.
 //! - `parallel` (default): large steps are cut into chunks that run on the
 //!   caller's rayon pool (`pool.install(...)` is honoured); list steps
 //!   schedule the chunks of all tensors in one pass.

@@ -6,7 +6,10 @@ use crate::{Element, Update};
 /// Whether this build has the parallel kernel.
 pub const AVAILABLE: bool = false;
 
-/// Elements per parallel task (unused without the `parallel` feature).
+/// Tasks per thread (unused without the `parallel` feature).
+pub const TASKS_PER_THREAD: usize = 8;
+
+/// The fewest elements per parallel task (unused without the `parallel` feature).
 pub const PAR_CHUNK: usize = 16 * 1024;
 
 /// Always 1 without the `parallel` feature.

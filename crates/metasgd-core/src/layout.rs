@@ -3,14 +3,15 @@
 //! Like ndarray's own `map_inplace`, the fast path asks for memory-order
 //! slices first: when parameters, gradients and learning rates are contiguous
 //! with the same strides, element `i` of each slice is the same logical
-//! element, so the kernels run on the slices whatever the memory order. Every
-//! other layout is walked by `Zip` with the scalar reference, which computes
-//! the same bits.
+//! element, so the kernels run on the slices whatever the memory order. Other
+//! layouts go row by row to the serial kernel when rows are contiguous, and
+//! element by element through `Zip` and the scalar reference otherwise; all
+//! compute the same bits.
 
 use core::mem::MaybeUninit;
 
-use metasgd_kernels::{Config, Element, Theta, Update, scalar};
-use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, ShapeBuilder, Zip};
+use metasgd_kernels::{Config, Element, Kernel, Theta, Update, scalar};
+use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Axis, Dimension, ShapeBuilder, Zip};
 
 /// One slot's parameters: updated in place, or read from `src` into `dst`
 /// (uninitialised memory, written once, element by element).
@@ -28,6 +29,7 @@ pub(crate) fn dispatch<'a, A: Element, D: Dimension>(
     target: Target<'a, A, D>,
     grad: ArrayView<'a, A, D>,
     alpha: &'a mut ArrayD<A>,
+    kernel: Kernel,
     cfg: &Config<A>,
     fast: impl FnOnce(Update<'a, A>),
 ) {
@@ -48,7 +50,7 @@ pub(crate) fn dispatch<'a, A: Element, D: Dimension>(
         // `aligned` tested exactly what the conversions need (contiguity).
         fast(slices(target, grad, alpha).expect("contiguity checked above"));
     } else {
-        strided(target, grad, alpha, cfg);
+        strided(target, grad, alpha, kernel, cfg);
     }
 }
 
@@ -70,29 +72,119 @@ fn slices<'a, A: Element, D: Dimension>(
     Some(Update::new(theta, alpha, grad))
 }
 
-/// Any layout: `Zip` visits the logical elements, the scalar reference updates them.
+/// Any other layout. When the last axis is contiguous in every array (a view
+/// of some columns of a matrix, say), each row goes to the serial kernel as
+/// slices; otherwise `Zip` visits the logical elements and the scalar
+/// reference updates them. Both compute the contract's bits.
 fn strided<A: Element, D: Dimension>(
     target: Target<'_, A, D>,
     grad: ArrayView<'_, A, D>,
     alpha: &mut ArrayD<A>,
+    kernel: Kernel,
     cfg: &Config<A>,
 ) {
+    let serial = if kernel == Kernel::Scalar {
+        Kernel::Scalar
+    } else {
+        Kernel::Simd
+    };
     let grad = grad.into_dyn();
+    let rows = |strides: &[&[isize]]| {
+        let n = grad.ndim();
+        n >= 1 && grad.shape()[n - 1] >= 2 && strides.iter().all(|s| s[n - 1] == 1)
+    };
     match target {
-        Target::InPlace(theta) => Zip::from(theta.into_dyn())
-            .and(&grad)
-            .and(alpha)
-            .for_each(|t, &g, a| (*t, *a) = scalar::update(*t, g, *a, cfg)),
-        Target::Into { src, dst } => Zip::from(dst.into_dyn())
-            .and(&src.into_dyn())
-            .and(&grad)
-            .and(alpha)
-            .for_each(|o, &t, &g, a| {
-                let (nt, na) = scalar::update(t, g, *a, cfg);
-                o.write(nt);
-                *a = na;
-            }),
+        Target::InPlace(theta) => {
+            let mut theta = theta.into_dyn();
+            if rows(&[theta.strides(), grad.strides(), alpha.strides()]) {
+                let axis = Axis(grad.ndim() - 1);
+                Zip::from(theta.lanes_mut(axis))
+                    .and(grad.lanes(axis))
+                    .and(alpha.lanes_mut(axis))
+                    .for_each(|t, g, a| row_in_place(t, g, a, serial, cfg));
+            } else {
+                row_in_place(theta, grad.view(), alpha.view_mut(), Kernel::Scalar, cfg);
+            }
+        }
+        Target::Into { src, dst } => {
+            let (src, mut dst) = (src.into_dyn(), dst.into_dyn());
+            if rows(&[
+                src.strides(),
+                dst.strides(),
+                grad.strides(),
+                alpha.strides(),
+            ]) {
+                let axis = Axis(grad.ndim() - 1);
+                Zip::from(dst.lanes_mut(axis))
+                    .and(src.lanes(axis))
+                    .and(grad.lanes(axis))
+                    .and(alpha.lanes_mut(axis))
+                    .for_each(|o, t, g, a| row_into(o, t, g, a, serial, cfg));
+            } else {
+                row_into(
+                    dst,
+                    src.view(),
+                    grad.view(),
+                    alpha.view_mut(),
+                    Kernel::Scalar,
+                    cfg,
+                );
+            }
+        }
     }
+}
+
+/// Slices to `kernel` when all are contiguous, else element by element.
+fn row_in_place<A: Element, D: Dimension>(
+    mut theta: ArrayViewMut<'_, A, D>,
+    grad: ArrayView<'_, A, D>,
+    mut alpha: ArrayViewMut<'_, A, D>,
+    kernel: Kernel,
+    cfg: &Config<A>,
+) {
+    if kernel != Kernel::Scalar
+        && let (Some(t), Some(g), Some(a)) =
+            (theta.as_slice_mut(), grad.as_slice(), alpha.as_slice_mut())
+    {
+        metasgd_kernels::step(kernel, Update::new(Theta::InPlace(t), a, g), cfg);
+        return;
+    }
+    Zip::from(theta)
+        .and(grad)
+        .and(alpha)
+        .for_each(|t, &g, a| (*t, *a) = scalar::update(*t, g, *a, cfg));
+}
+
+/// [`row_in_place`] for the allocating step.
+fn row_into<A: Element, D: Dimension>(
+    mut dst: ArrayViewMut<'_, MaybeUninit<A>, D>,
+    src: ArrayView<'_, A, D>,
+    grad: ArrayView<'_, A, D>,
+    mut alpha: ArrayViewMut<'_, A, D>,
+    kernel: Kernel,
+    cfg: &Config<A>,
+) {
+    if kernel != Kernel::Scalar
+        && let (Some(o), Some(t), Some(g), Some(a)) = (
+            dst.as_slice_mut(),
+            src.as_slice(),
+            grad.as_slice(),
+            alpha.as_slice_mut(),
+        )
+    {
+        let theta = Theta::Into { src: t, dst: o };
+        metasgd_kernels::step(kernel, Update::new(theta, a, g), cfg);
+        return;
+    }
+    Zip::from(dst)
+        .and(src)
+        .and(grad)
+        .and(alpha)
+        .for_each(|o, &t, &g, a| {
+            let (nt, na) = scalar::update(t, g, *a, cfg);
+            o.write(nt);
+            *a = na;
+        });
 }
 
 /// The allocating step's result, before and after the step writes it: room

@@ -293,12 +293,12 @@ impl<A: Element> MetaSGD<A> {
             // All tensors' chunks in one parallel pass.
             let mut batch: Vec<Update<'a, A>> = Vec::new();
             for ((target, grad), alpha) in targets.zip(slots) {
-                layout::dispatch(target, grad, alpha, &cfg, |u| batch.push(u));
+                layout::dispatch(target, grad, alpha, kernel, &cfg, |u| batch.push(u));
             }
             metasgd_kernels::step_many(kernel, batch, &cfg);
         } else {
             for ((target, grad), alpha) in targets.zip(slots) {
-                layout::dispatch(target, grad, alpha, &cfg, |u| {
+                layout::dispatch(target, grad, alpha, kernel, &cfg, |u| {
                     metasgd_kernels::step(kernel, u, &cfg)
                 });
             }

@@ -110,6 +110,26 @@ where
             }
         }
 
+        // Column ranges of wider NaN-filled matrices: rows are contiguous,
+        // the views are not.
+        let mut wide_p = Array::from_elem(IxDyn(&[7, 19]), A::nan());
+        let mut wide_g = Array::from_elem(IxDyn(&[5, 12]), A::nan());
+        wide_p.slice_mut(s![1..6, 4..11]).assign(&t);
+        wide_g.slice_mut(s![.., 5..]).assign(&g);
+        let before = bits(wide_p.iter());
+        let got = two_steps(
+            backend,
+            wide_p.slice_mut(s![1..6, 4..11]).into_dyn(),
+            wide_g.slice(s![.., 5..]).into_dyn(),
+        );
+        assert_eq!(got, want, "{backend:?} row-contiguous columns");
+        for (i, (a, b)) in bits(wide_p.iter()).iter().zip(&before).enumerate() {
+            let (r, c) = (i / 19, i % 19);
+            if !((1..6).contains(&r) && (4..11).contains(&c)) {
+                assert_eq!(a, b, "{backend:?}: a byte outside the column view changed");
+            }
+        }
+
         // A contiguous but permuted 3-D layout, against its own C-order twin.
         let t3 = Array::from_shape_vec(IxDyn(&[3, 4, 5]), filled::<A>(60, 21)).unwrap();
         let g3 = Array::from_shape_vec(IxDyn(&[3, 4, 5]), filled::<A>(60, 22)).unwrap();
@@ -179,6 +199,16 @@ fn allocating_step_keeps_layout_and_bits() {
         assert!(got.t().is_standard_layout(), "output keeps Fortran order");
         assert_eq!(bits(of.get_per_param_lr().unwrap().iter()), want_alpha);
         assert_eq!(bits(pf.iter()), bits(t.iter()), "the input is untouched");
+
+        // An owned array holding some columns of a wider one (rows contiguous).
+        let mut wide = Array::from_elem(IxDyn(&[5, 16]), f32::NAN);
+        wide.slice_mut(s![.., 3..10]).assign(&t);
+        let cols = wide.slice_move(s![.., 3..10]).into_dyn();
+        assert!(cols.as_slice_memory_order().is_none());
+        let mut oc = opt::<f32>(backend);
+        let got = oc.step(&cols, &g).unwrap();
+        assert_eq!(bits(got.iter()), bits(want.iter()), "{backend:?} columns");
+        assert_eq!(bits(oc.get_per_param_lr().unwrap().iter()), want_alpha);
 
         // Negative strides on an owned array.
         let mut pn = t.clone();

@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
-use metasgd::kernels::{self, Element, Kernel};
+use metasgd::kernels::{self, Element};
 use metasgd::ndarray::{Array1, ArrayView1, ArrayViewMut1};
 use metasgd::{MetaSGD, Optimizer};
 use metasgd_benches::{Interleaved, bytes_per_element, naive_step, resnet50_sizes, roofline, sink};
@@ -448,7 +448,6 @@ where
 {
     let (mut theta, grad, _) = inputs::<A>(n);
     let mut opt = optimizer::<A>().with_backend(metasgd::Backend::Simd);
-    let _ = Kernel::Simd;
     let mut b = Interleaved::new();
     let i = b.add(|| {
         opt.step_inplace(theta.view_mut(), grad.view())

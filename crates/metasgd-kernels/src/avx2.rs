@@ -1,4 +1,5 @@
-//! The AVX2 path for builds whose target does not enable AVX2.
+//! The AVX2 path, for every x86-64 CPU with AVX2: found at run time in a
+//! default build, compiled in with `-C target-cpu=native`.
 //!
 //! The loop is the shared `pack::step` over `__m256`/`__m256d` packs, compiled
 //! inside a `#[target_feature(enable = "avx2")]` function that [`step`] enters

@@ -28,15 +28,20 @@ pub fn current_num_threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Cuts `updates` into chunks of at most [`PAR_CHUNK`] elements and runs `f`
-/// on each, all in one pass on the current pool. Benchmarks use it to run
+/// Cuts `updates` into chunks (see the module docs) and runs `f` on each, all
+/// in one pass on the current pool; on a one-thread pool `f` runs on each
+/// update whole, as cutting would only add work. Benchmarks use it to run
 /// baselines with exactly the kernels' scheduling.
 pub fn for_each_chunk<'a, A: Element>(
     updates: impl IntoIterator<Item = Update<'a, A>>,
     f: impl Fn(Update<'a, A>) + Send + Sync,
 ) {
+    if current_num_threads() <= 1 {
+        updates.into_iter().for_each(f);
+        return;
+    }
     let chunks = split(updates);
-    if current_num_threads() <= 1 || chunks.len() <= 1 {
+    if chunks.len() <= 1 {
         chunks.into_iter().for_each(f);
     } else {
         chunks.into_par_iter().for_each(f);

@@ -20,8 +20,8 @@ where
         if n >= 1 << 24 {
             group.sample_size(10);
         }
-        let mut theta = Array1::from(kernels::testdata::values::<A>(n, 1, 0));
-        let grad = Array1::from(kernels::testdata::values::<A>(n, 2, 0));
+        let mut theta = Array1::from(metasgd_kernels::testdata::values::<A>(n, 1, 0));
+        let grad = Array1::from(metasgd_kernels::testdata::values::<A>(n, 2, 0));
         for backend in [
             Backend::Scalar,
             Backend::Simd,

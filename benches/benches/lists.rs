@@ -14,7 +14,8 @@ fn lists(c: &mut Criterion) {
     );
     let sizes = metasgd_benches::resnet50_sizes();
     let total: usize = sizes.iter().sum();
-    let data = |n: usize, seed: u64| Array1::from(kernels::testdata::values::<f32>(n, seed, 0));
+    let data =
+        |n: usize, seed: u64| Array1::from(metasgd_kernels::testdata::values::<f32>(n, seed, 0));
     let mut tensors: Vec<Array1<f32>> = sizes.iter().map(|&n| data(n, 1)).collect();
     let grads: Vec<Array1<f32>> = sizes.iter().map(|&n| data(n, 2)).collect();
     let (mut flat, flat_grad) = (data(total, 1), data(total, 2));

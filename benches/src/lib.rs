@@ -3,9 +3,9 @@
 //!
 //! Baselines:
 //! - [`roofline`]: the same memory traffic as the update (read theta, g and
-//!   alpha, write theta and alpha in place) with trivial arithmetic, scheduled
-//!   exactly like the kernels ([`metasgd::kernels::par::for_each_chunk`],
-//!   [`metasgd::kernels::auto`]), so its speed is what memory allows.
+//!   alpha, write theta and alpha in place) with trivial arithmetic, run by
+//!   the kernels' own loop and scheduling, so its speed is what memory
+//!   allows; [`Simple`] loops are measured beside it to show none is faster.
 //! - [`naive_step`]: the update as a user would first write it with ndarray,
 //!   one temporary array per operation.
 
@@ -48,22 +48,97 @@ pub fn resnet50_sizes() -> Vec<usize> {
     sizes
 }
 
-/// The roofline baseline: `theta -= g; alpha += g`, chunked and scheduled as
-/// the kernels are for `kernel`.
+/// The roofline baseline: `theta += g; alpha -= g` through the kernels' own
+/// instruction set, loop, loads, stores, prefetch and scheduling for
+/// `kernel` ([`metasgd_kernels::traffic_many`]), so its speed is what memory
+/// allows the update.
 pub fn roofline<A: Element>(kernel: Kernel, theta: &mut [A], alpha: &mut [A], grad: &[A]) {
     let u = Update::new(Theta::InPlace(theta), alpha, grad);
-    let body = |u: Update<'_, A>| {
-        let (theta, alpha, grad) = u.into_parts();
-        let Theta::InPlace(theta) = theta else { return };
-        for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
-            *t = *t - g;
-            *a = *a + g;
+    metasgd_kernels::traffic_many(kernel, [u]);
+}
+
+/// Simpler loops with the roofline's traffic, which must not beat it (else
+/// the roofline flatters the update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simple {
+    /// `t += g; a -= g` as a plain iterator loop, vectorised by the compiler
+    /// for the build's target.
+    Plain,
+    /// The same loop compiled for AVX2 (`#[target_feature]`), where the CPU has it.
+    PlainAvx2,
+    /// A STREAM-style triad with the same traffic: `t = t + s * g; a = a - g`.
+    Triad,
+}
+
+impl Simple {
+    /// All of them, those this CPU can run.
+    pub fn all() -> Vec<Simple> {
+        let mut v = vec![Simple::Plain, Simple::Triad];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            v.push(Simple::PlainAvx2);
         }
-    };
-    if kernel == Kernel::Parallel {
-        kernels::par::for_each_chunk([u], body);
-    } else {
-        body(u);
+        v
+    }
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simple::Plain => "plain loop",
+            Simple::PlainAvx2 => "plain loop (avx2)",
+            Simple::Triad => "stream triad",
+        }
+    }
+
+    /// Runs the loop over the arrays, cut into `threads * 8` rayon tasks when `threads > 1`.
+    pub fn run<A: Element>(self, threads: usize, theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+        use rayon::prelude::*;
+        let body = |t: &mut [A], a: &mut [A], g: &[A]| match self {
+            Simple::Plain => plain(t, a, g),
+            Simple::PlainAvx2 => plain_avx2(t, a, g),
+            Simple::Triad => triad(t, a, g),
+        };
+        if threads <= 1 {
+            body(theta, alpha, grad);
+        } else {
+            let c = theta.len().div_ceil(threads * 8).max(1);
+            theta
+                .par_chunks_mut(c)
+                .zip(alpha.par_chunks_mut(c))
+                .zip(grad.par_chunks(c))
+                .for_each(|((t, a), g)| body(t, a, g));
+        }
+    }
+}
+
+#[inline(always)]
+fn plain<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+    for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
+        *t = *t + g;
+        *a = *a - g;
+    }
+}
+
+fn plain_avx2<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn inner<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+            plain(theta, alpha, grad)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { inner(theta, alpha, grad) };
+        }
+    }
+    plain(theta, alpha, grad)
+}
+
+fn triad<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+    let s = A::from(0.5).unwrap_or(A::ZERO);
+    for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
+        *t = *t + s * g;
+        *a = *a - g;
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{plot, project_root};
+use crate::{plot, project_root, target_dir};
 
 /// Alternating runs of each build in the in-cache comparison.
 const INCACHE_ROUNDS: usize = 3;
@@ -21,16 +21,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         ));
     }
     let root = project_root();
-    let out = root.join("target").join("xtask-bench");
+    let target = target_dir(&root)?;
+    let out = target.join("xtask-bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
 
     println!("[xtask] building kernel-compare (release, default target)");
-    let default_bin = build(&root, None)?;
+    let default_bin = build(&root, &target, None)?;
     let native_bin = if quick {
         None
     } else {
         println!("[xtask] building kernel-compare (release, -C target-cpu=native)");
-        Some(build(&root, Some(root.join("target").join("native")))?)
+        Some(build(&root, &target, Some(target.join("native")))?)
     };
 
     let rows = out.join("rows.csv");
@@ -63,7 +64,7 @@ fn cargo() -> String {
 }
 
 /// Builds the comparison binary; `target_dir` set means the native build.
-fn build(root: &Path, target_dir: Option<PathBuf>) -> Result<PathBuf, String> {
+fn build(root: &Path, target: &Path, target_dir: Option<PathBuf>) -> Result<PathBuf, String> {
     let mut cmd = Command::new(cargo());
     cmd.current_dir(root).args([
         "build",
@@ -82,7 +83,7 @@ fn build(root: &Path, target_dir: Option<PathBuf>) -> Result<PathBuf, String> {
         }
         None => {
             cmd.env_remove("RUSTFLAGS");
-            root.join("target")
+            target.to_path_buf()
         }
     };
     status(&mut cmd)?;

@@ -6,6 +6,7 @@ use crate::{Error, Result};
 
 /// Which kernel runs a step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// Picks per call: parallel above a measured size when the current rayon
     /// pool has several threads, else SIMD, else scalar.
@@ -50,6 +51,7 @@ impl Backend {
 
 /// What a step does when a gradient holds NaN or an infinity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum NonFinitePolicy {
     /// Compute as usual: NaN flows into the parameters and learning rates.
     #[default]

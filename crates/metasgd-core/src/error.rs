@@ -63,6 +63,7 @@ pub enum Error {
 
 /// How an input disagrees with the stored per-parameter learning rates.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StateMismatch {
     /// A parameter array's shape differs from its slot's learning rates.
     Shape {

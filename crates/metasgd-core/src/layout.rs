@@ -4,7 +4,7 @@
 //! slices first: when parameters, gradients and learning rates are contiguous
 //! with the same strides, element `i` of each slice is the same logical
 //! element, so the kernels run on the slices whatever the memory order. Other
-//! layouts go row by row to the serial kernel when rows are contiguous, and
+//! layouts run here: row by row on the kernel when rows are contiguous, and
 //! element by element through `Zip` and the scalar reference otherwise; all
 //! compute the same bits.
 
@@ -23,16 +23,16 @@ pub(crate) enum Target<'a, A, D: Dimension> {
     },
 }
 
-/// Gives one slot to `fast` as a kernel [`Update`] when the layouts allow,
-/// otherwise updates it here, element by element.
-pub(crate) fn dispatch<'a, A: Element, D: Dimension>(
+/// One slot as a kernel [`Update`] when its arrays are contiguous with the
+/// same strides; otherwise the slot is updated here, on the strided
+/// fallback, and `None` is returned.
+pub(crate) fn contiguous_or_strided<'a, A: Element, D: Dimension>(
     target: Target<'a, A, D>,
     grad: ArrayView<'a, A, D>,
     alpha: &'a mut ArrayD<A>,
     kernel: Kernel,
     cfg: &Config<A>,
-    fast: impl FnOnce(Update<'a, A>),
-) {
+) -> Option<Update<'a, A>> {
     let strides = grad.strides();
     let aligned = alpha.strides() == strides
         && alpha.as_slice_memory_order().is_some()
@@ -47,10 +47,10 @@ pub(crate) fn dispatch<'a, A: Element, D: Dimension>(
             }
         };
     if aligned {
-        // `aligned` tested exactly what the conversions need (contiguity).
-        fast(slices(target, grad, alpha).expect("contiguity checked above"));
+        slices(target, grad, alpha)
     } else {
         strided(target, grad, alpha, kernel, cfg);
+        None
     }
 }
 
@@ -73,8 +73,8 @@ fn slices<'a, A: Element, D: Dimension>(
 }
 
 /// Any other layout. When the last axis is contiguous in every array (a view
-/// of some columns of a matrix, say), each row goes to the serial kernel as
-/// slices; otherwise `Zip` visits the logical elements and the scalar
+/// of some columns of a matrix, say), the rows go to `kernel` as updates, all
+/// in one call; otherwise `Zip` visits the logical elements and the scalar
 /// reference updates them. Both compute the contract's bits.
 fn strided<A: Element, D: Dimension>(
     target: Target<'_, A, D>,
@@ -83,27 +83,31 @@ fn strided<A: Element, D: Dimension>(
     kernel: Kernel,
     cfg: &Config<A>,
 ) {
-    let serial = if kernel == Kernel::Scalar {
-        Kernel::Scalar
-    } else {
-        Kernel::Simd
-    };
     let grad = grad.into_dyn();
+    let n = grad.ndim();
     let rows = |strides: &[&[isize]]| {
-        let n = grad.ndim();
         n >= 1 && grad.shape()[n - 1] >= 2 && strides.iter().all(|s| s[n - 1] == 1)
     };
+    let axis = Axis(n.saturating_sub(1));
     match target {
         Target::InPlace(theta) => {
             let mut theta = theta.into_dyn();
             if rows(&[theta.strides(), grad.strides(), alpha.strides()]) {
-                let axis = Axis(grad.ndim() - 1);
-                Zip::from(theta.lanes_mut(axis))
-                    .and(grad.lanes(axis))
-                    .and(alpha.lanes_mut(axis))
-                    .for_each(|t, g, a| row_in_place(t, g, a, serial, cfg));
+                let updates = theta
+                    .lanes_mut(axis)
+                    .into_iter()
+                    .zip(grad.lanes(axis))
+                    .zip(alpha.lanes_mut(axis))
+                    .map(|((t, g), a)| {
+                        let t = Theta::InPlace(t.into_slice().expect(ROWS));
+                        Update::new(t, a.into_slice().expect(ROWS), g.to_slice().expect(ROWS))
+                    });
+                metasgd_kernels::step_many(kernel, updates, cfg);
             } else {
-                row_in_place(theta, grad.view(), alpha.view_mut(), Kernel::Scalar, cfg);
+                Zip::from(theta)
+                    .and(&grad)
+                    .and(alpha)
+                    .for_each(|t, &g, a| (*t, *a) = scalar::update(*t, g, *a, cfg));
             }
         }
         Target::Into { src, dst } => {
@@ -114,78 +118,41 @@ fn strided<A: Element, D: Dimension>(
                 grad.strides(),
                 alpha.strides(),
             ]) {
-                let axis = Axis(grad.ndim() - 1);
-                Zip::from(dst.lanes_mut(axis))
-                    .and(src.lanes(axis))
-                    .and(grad.lanes(axis))
-                    .and(alpha.lanes_mut(axis))
-                    .for_each(|o, t, g, a| row_into(o, t, g, a, serial, cfg));
+                let updates = dst
+                    .lanes_mut(axis)
+                    .into_iter()
+                    .zip(src.lanes(axis))
+                    .zip(grad.lanes(axis))
+                    .zip(alpha.lanes_mut(axis))
+                    .map(|(((o, t), g), a)| {
+                        let theta = Theta::Into {
+                            src: t.to_slice().expect(ROWS),
+                            dst: o.into_slice().expect(ROWS),
+                        };
+                        Update::new(
+                            theta,
+                            a.into_slice().expect(ROWS),
+                            g.to_slice().expect(ROWS),
+                        )
+                    });
+                metasgd_kernels::step_many(kernel, updates, cfg);
             } else {
-                row_into(
-                    dst,
-                    src.view(),
-                    grad.view(),
-                    alpha.view_mut(),
-                    Kernel::Scalar,
-                    cfg,
-                );
+                Zip::from(dst)
+                    .and(&src)
+                    .and(&grad)
+                    .and(alpha)
+                    .for_each(|o, &t, &g, a| {
+                        let (nt, na) = scalar::update(t, g, *a, cfg);
+                        o.write(nt);
+                        *a = na;
+                    });
             }
         }
     }
 }
 
-/// Slices to `kernel` when all are contiguous, else element by element.
-fn row_in_place<A: Element, D: Dimension>(
-    mut theta: ArrayViewMut<'_, A, D>,
-    grad: ArrayView<'_, A, D>,
-    mut alpha: ArrayViewMut<'_, A, D>,
-    kernel: Kernel,
-    cfg: &Config<A>,
-) {
-    if kernel != Kernel::Scalar
-        && let (Some(t), Some(g), Some(a)) =
-            (theta.as_slice_mut(), grad.as_slice(), alpha.as_slice_mut())
-    {
-        metasgd_kernels::step(kernel, Update::new(Theta::InPlace(t), a, g), cfg);
-        return;
-    }
-    Zip::from(theta)
-        .and(grad)
-        .and(alpha)
-        .for_each(|t, &g, a| (*t, *a) = scalar::update(*t, g, *a, cfg));
-}
-
-/// [`row_in_place`] for the allocating step.
-fn row_into<A: Element, D: Dimension>(
-    mut dst: ArrayViewMut<'_, MaybeUninit<A>, D>,
-    src: ArrayView<'_, A, D>,
-    grad: ArrayView<'_, A, D>,
-    mut alpha: ArrayViewMut<'_, A, D>,
-    kernel: Kernel,
-    cfg: &Config<A>,
-) {
-    if kernel != Kernel::Scalar
-        && let (Some(o), Some(t), Some(g), Some(a)) = (
-            dst.as_slice_mut(),
-            src.as_slice(),
-            grad.as_slice(),
-            alpha.as_slice_mut(),
-        )
-    {
-        let theta = Theta::Into { src: t, dst: o };
-        metasgd_kernels::step(kernel, Update::new(theta, a, g), cfg);
-        return;
-    }
-    Zip::from(dst)
-        .and(src)
-        .and(grad)
-        .and(alpha)
-        .for_each(|o, &t, &g, a| {
-            let (nt, na) = scalar::update(t, g, *a, cfg);
-            o.write(nt);
-            *a = na;
-        });
-}
+/// Why the row slices exist: `strided` checked unit stride on the last axis.
+const ROWS: &str = "rows with unit stride are contiguous slices";
 
 /// The allocating step's result, before and after the step writes it: room
 /// for every element, laid out like the parameters (C or Fortran order) so
@@ -199,7 +166,7 @@ pub(crate) struct Output<A, D> {
 impl<A: Element, D: Dimension> Output<A, D> {
     pub(crate) fn like(params: &ArrayView<'_, A, D>) -> Self {
         Self {
-            data: metasgd_kernels::alloc::uninit_slice(params.len()),
+            data: metasgd_kernels::output::uninit_slice(params.len()),
             dim: params.raw_dim(),
             fortran: !params.is_standard_layout() && params.t().is_standard_layout(),
         }
@@ -220,8 +187,9 @@ impl<A: Element, D: Dimension> Output<A, D> {
     ///
     /// # Safety
     /// Every element must have been written: [`Self::view_mut`] was the
-    /// `dst` of a [`Target::Into`] that went through [`dispatch`], whose
-    /// kernel and strided paths both write every element.
+    /// `dst` of a [`Target::Into`] that went through
+    /// [`contiguous_or_strided`] and then, if it returned an update, through
+    /// a kernel: every path writes every element.
     pub(crate) unsafe fn assume_init(self) -> Array<A, D> {
         // SAFETY: the caller guarantees every element was written.
         let data = unsafe { self.data.assume_init() }.into_vec();

@@ -1,6 +1,6 @@
 //! The Meta-SGD optimizer state.
 
-use metasgd_kernels::{Config, Element, Kernel, Update, scalar};
+use metasgd_kernels::{Config, Element, Kernel, scalar};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::layout::{self, Output, Target};
@@ -8,7 +8,8 @@ use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
 ///
-/// Each step, per element (see `shared/SEMANTICS.md` for the exact rounding):
+/// Each step, per element (see [`docs/semantics.md`](https://github.com/metasgd/metasgd/blob/main/docs/semantics.md)
+/// for the exact rounding):
 /// `delta = alpha * g`; `theta -= delta` repeated `inner_steps` times with the
 /// same gradient; `alpha -= alpha_lr * g * (accumulated delta)`, clamped to
 /// `[1e-8, 10]`. `alpha` starts at `base_lr` the first time a slot is touched.
@@ -288,21 +289,12 @@ impl<A: Element> MetaSGD<A> {
             .config()
             .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
         self.step_count += 1;
-        let slots = self.slots.iter_mut();
-        if kernel == Kernel::Parallel {
-            // All tensors' chunks in one parallel pass.
-            let mut batch: Vec<Update<'a, A>> = Vec::new();
-            for ((target, grad), alpha) in targets.zip(slots) {
-                layout::dispatch(target, grad, alpha, kernel, &cfg, |u| batch.push(u));
-            }
-            metasgd_kernels::step_many(kernel, batch, &cfg);
-        } else {
-            for ((target, grad), alpha) in targets.zip(slots) {
-                layout::dispatch(target, grad, alpha, kernel, &cfg, |u| {
-                    metasgd_kernels::step(kernel, u, &cfg)
-                });
-            }
-        }
+        let updates = targets
+            .zip(self.slots.iter_mut())
+            .filter_map(|((target, grad), alpha)| {
+                layout::contiguous_or_strided(target, grad, alpha, kernel, &cfg)
+            });
+        metasgd_kernels::step_many(kernel, updates, &cfg);
     }
 }
 

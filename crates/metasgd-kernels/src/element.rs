@@ -9,24 +9,24 @@ pub(crate) mod sealed {
     pub trait Sealed: Sized {
         /// `wide`'s vector of this element type.
         #[cfg(feature = "simd")]
-        type Wide: crate::pack::Pack<Self>;
+        type Wide: crate::simd::pack::Pack<Self, Token = ()>;
         /// Lane array that fills one 256-bit register.
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        type Avx2: crate::pack::Pack<Self>;
+        type Avx2: crate::simd::pack::Pack<Self, Token = crate::simd::avx2::Avx2>;
     }
 
     impl Sealed for f32 {
         #[cfg(feature = "simd")]
         type Wide = wide::f32x8;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        type Avx2 = crate::avx2::F32x8;
+        type Avx2 = crate::simd::avx2::F32x8;
     }
 
     impl Sealed for f64 {
         #[cfg(feature = "simd")]
         type Wide = wide::f64x4;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        type Avx2 = crate::avx2::F64x4;
+        type Avx2 = crate::simd::avx2::F64x4;
     }
 }
 

@@ -1,21 +1,25 @@
 //! Slice kernels for the Meta-SGD update.
 //!
 //! Slices in, slices out; no ndarray. Every kernel computes, per element, the
-//! sequence of the contract (`shared/SEMANTICS.md`, mirrored by
-//! [`scalar::update`]) and all of them give bitwise identical results:
+//! sequence of the contract
+//! ([`docs/semantics.md`](https://github.com/metasgd/metasgd/blob/main/docs/semantics.md),
+//! written out as [`scalar::update`]) and all of them give bitwise identical results:
 //!
-//! | kernel | module | what it is |
-//! |---|---|---|
-//! | [`Kernel::Scalar`] | [`scalar`] | the reference, written to read like the spec |
-//! | [`Kernel::Simd`] | [`simd`] | AVX2 (`avx2.rs`) where the CPU has it, found at run time; `wide` vectors elsewhere |
-//! | [`Kernel::Parallel`] | [`par`] | rayon chunks of all tensors in one pass, each run by the SIMD kernel |
+//! | kernel | what it is |
+//! |---|---|
+//! | [`Kernel::Scalar`] | the reference ([`scalar`]), written to read like the spec |
+//! | [`Kernel::Simd`] | the update over SIMD packs: AVX2 where the CPU has it (found once at run time), `wide` vectors elsewhere ([`simd_level`] says which) |
+//! | [`Kernel::Parallel`] | the chunks of all tensors on the caller's rayon pool, each run by the SIMD loop |
 //!
-//! [`auto`] picks one by size, features and pool size; [`simd_level`] tells
-//! which instruction set the SIMD kernel runs.
+//! One call reads straight down: [`step_many`] takes the kernel (chosen once,
+//! by the caller or [`auto`]) and the updates, asks for the instruction set
+//! once (a cached answer), and runs the loop.
 //!
 //! # Features
-//! - `simd` (default): the SIMD kernel. Without it [`simd`] is the scalar reference.
-//! - `parallel` (default): the rayon kernel. Without it [`par`] runs serially.
+//! - `simd` (default): the SIMD loop. Without it [`Kernel::Simd`] runs the
+//!   scalar form of the same operation.
+//! - `parallel` (default): the rayon kernel. Without it [`Kernel::Parallel`]
+//!   runs the same chunks on the calling thread.
 //!
 //! # Example
 //! ```
@@ -26,37 +30,27 @@
 //! let grad = [0.1_f32, -0.2, 0.3];
 //! let cfg = Config::new(0.001, 1);
 //! let u = Update::new(Theta::InPlace(&mut theta), &mut alpha, &grad);
-//! metasgd_kernels::step(Kernel::Simd, u, &cfg);
+//! metasgd_kernels::step(metasgd_kernels::auto(3), u, &cfg);
 //! assert_eq!(theta[0], 1.0 - 0.01 * 0.1);
 //! ```
 
-pub mod alloc;
 mod config;
 mod element;
+#[doc(hidden)]
+pub mod output;
+pub mod par;
 pub mod scalar;
-
-#[cfg(all(feature = "simd", target_arch = "x86_64"))]
-pub mod avx2;
-#[cfg(feature = "simd")]
-mod pack;
-#[cfg(feature = "simd")]
-pub mod simd;
-#[cfg(not(feature = "simd"))]
-#[path = "simd_off.rs"]
-pub mod simd;
-
-#[cfg(feature = "parallel")]
-pub mod par;
-#[cfg(not(feature = "parallel"))]
-#[path = "par_off.rs"]
-pub mod par;
-
-mod level;
+mod simd;
+#[doc(hidden)]
 pub mod testdata;
+mod update;
 
-pub use config::{Config, Theta, Update};
+pub use config::Config;
 pub use element::Element;
-pub use level::{SimdLevel, simd_level};
+pub use simd::{SimdLevel, simd_level};
+pub use update::{Theta, Update};
+
+use simd::Isa;
 
 /// Below this many elements in one call, [`auto`] stays on one thread: handing
 /// work to the pool costs more than it saves. Measured with
@@ -73,12 +67,13 @@ pub const STREAM_MIN_BYTES: usize = 32 << 20;
 
 /// Which kernel runs an update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Kernel {
     /// The scalar reference.
     Scalar,
-    /// The SIMD kernel on the calling thread.
+    /// The SIMD loop on the calling thread.
     Simd,
-    /// Chunks on the current rayon pool, each run by the SIMD kernel.
+    /// Chunks on the current rayon pool, each run by the SIMD loop.
     Parallel,
 }
 
@@ -117,23 +112,56 @@ pub fn auto(total_len: usize) -> Kernel {
 
 /// Runs one tensor's update on `kernel`.
 pub fn step<A: Element>(kernel: Kernel, u: Update<'_, A>, cfg: &Config<A>) {
-    match kernel {
-        Kernel::Scalar => scalar::step(u, cfg),
-        Kernel::Simd => simd::step(u, cfg),
-        Kernel::Parallel => par::for_each_chunk([u], |u| simd::step(u, cfg)),
-    }
+    step_many(kernel, [u], cfg)
 }
 
 /// Runs several tensors' updates on `kernel`; [`Kernel::Parallel`] schedules
-/// the chunks of all of them in one parallel pass.
+/// the chunks of all of them together. Nothing is allocated.
 pub fn step_many<'a, A: Element>(
+    kernel: Kernel,
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    cfg: &Config<A>,
+) {
+    run_many(Isa::detect(), kernel, updates, cfg)
+}
+
+fn run_many<'a, A: Element>(
+    isa: Isa,
     kernel: Kernel,
     updates: impl IntoIterator<Item = Update<'a, A>>,
     cfg: &Config<A>,
 ) {
     match kernel {
         Kernel::Scalar => updates.into_iter().for_each(|u| scalar::step(u, cfg)),
-        Kernel::Simd => updates.into_iter().for_each(|u| simd::step(u, cfg)),
-        Kernel::Parallel => par::for_each_chunk(updates, |u| simd::step(u, cfg)),
+        Kernel::Simd => updates.into_iter().for_each(|u| isa.step(u, cfg)),
+        Kernel::Parallel => par::for_each_chunk(updates, |u| isa.step(u, cfg)),
+    }
+}
+
+/// [`step_many`] on the portable SIMD path (`wide`) whatever the CPU has, so
+/// that tests on an AVX2 machine also cover what other targets run.
+#[doc(hidden)]
+pub fn step_many_portable<'a, A: Element>(
+    kernel: Kernel,
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    cfg: &Config<A>,
+) {
+    run_many(Isa::portable(), kernel, updates, cfg)
+}
+
+/// The benchmarks' roofline: `theta += g; alpha -= g` through the same
+/// instruction set, loop, loads, stores and scheduling as [`step_many`].
+#[doc(hidden)]
+pub fn traffic_many<'a, A: Element>(
+    kernel: Kernel,
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+) {
+    let isa = Isa::detect();
+    match kernel {
+        Kernel::Scalar => updates
+            .into_iter()
+            .for_each(|u| simd::sweep::scalar(u, simd::traffic::Traffic)),
+        Kernel::Simd => updates.into_iter().for_each(|u| isa.traffic(u)),
+        Kernel::Parallel => par::for_each_chunk(updates, |u| isa.traffic(u)),
     }
 }

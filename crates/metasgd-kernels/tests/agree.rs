@@ -1,24 +1,25 @@
 //! Every kernel against the scalar reference, compared with `to_bits()`.
 
 use metasgd_kernels::par::PAR_CHUNK;
-use metasgd_kernels::{Config, Element, Kernel, Theta, Update, scalar, step};
+use metasgd_kernels::{Config, Element, Kernel, Theta, Update, scalar, step, step_many_portable};
 use proptest::prelude::*;
 
 /// A kernel under test, applied to one tensor.
 type Runner<A> = fn(Update<'_, A>, &Config<A>);
 
+/// Every kernel, on the instruction set this CPU gets (AVX2 here) and on the
+/// portable `wide` path that other targets run.
 fn runners<A: Element>() -> Vec<(&'static str, Runner<A>)> {
-    let mut r: Vec<(&'static str, Runner<A>)> = vec![
+    vec![
         ("simd", |u, c| step(Kernel::Simd, u, c)),
         ("parallel", |u, c| step(Kernel::Parallel, u, c)),
-    ];
-    #[cfg(feature = "simd")]
-    r.push(("wide", metasgd_kernels::simd::step_wide));
-    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        r.push(("avx2", metasgd_kernels::avx2::step));
-    }
-    r
+        ("simd portable", |u, c| {
+            step_many_portable(Kernel::Simd, [u], c)
+        }),
+        ("parallel portable", |u, c| {
+            step_many_portable(Kernel::Parallel, [u], c)
+        }),
+    ]
 }
 
 fn bits<A: Element>(v: &[A]) -> Vec<u64> {
@@ -54,7 +55,7 @@ fn check<A: Element>(theta: &[A], grad: &[A], alpha: &[A], cfg: &Config<A>) {
         let n = theta.len();
         for (offset, streaming) in [(0, false), (0, true), (1, true), (3, true), (7, true)] {
             let cfg = &cfg.with_streaming_stores(streaming);
-            let mut buf = metasgd_kernels::alloc::uninit_slice::<A>(n + offset);
+            let mut buf = metasgd_kernels::output::uninit_slice::<A>(n + offset);
             let mut a = alpha.to_vec();
             let th = Theta::Into {
                 src: theta,
@@ -205,17 +206,13 @@ fn parallel_runs_on_the_callers_pool() {
         .unwrap();
     assert_eq!(
         pool.install(metasgd_kernels::par::current_num_threads),
-        if metasgd_kernels::par::AVAILABLE {
-            3
-        } else {
-            1
-        }
+        if cfg!(feature = "parallel") { 3 } else { 1 }
     );
 }
 
 /// Signed zeros in every operand that can produce a zero `delta`, with every
 /// kind of `alpha_lr`, for each `K`: the case the accumulator shortcut in
-/// `pack.rs` argues about.
+/// `simd/metasgd.rs` argues about.
 #[test]
 fn signed_zero_deltas() {
     fn run<A: Element>() {
@@ -250,4 +247,71 @@ fn signed_zero_deltas() {
     }
     run::<f32>();
     run::<f64>();
+}
+
+/// On a CPU with AVX2 the SIMD kernel must run the AVX2 loop (a default
+/// build finds it at run time); elsewhere the portable path.
+#[test]
+fn simd_level_follows_the_cpu() {
+    use metasgd_kernels::{SimdLevel, simd_level};
+    let level = simd_level();
+    if !cfg!(feature = "simd") {
+        assert_eq!(level, SimdLevel::Scalar);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        let want = if cfg!(target_feature = "avx2") {
+            SimdLevel::Avx2Compiled
+        } else {
+            SimdLevel::Avx2Runtime
+        };
+        assert_eq!(level, want);
+        return;
+    }
+    assert_eq!(level, SimdLevel::Wide);
+}
+
+/// Many tensors of mixed sizes in one parallel pass (more than one stack
+/// batch of the scheduler), against the scalar reference.
+#[test]
+fn long_lists_in_one_parallel_pass() {
+    let sizes: Vec<usize> = (0..150)
+        .map(|i| (i * 7919) % (3 * PAR_CHUNK) + i % 3)
+        .collect();
+    let cfg = Config::new(0.01_f32, 5);
+    let grads: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| filled(n, i as u64))
+        .collect();
+    let theta0: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| filled(n, 1000 + i as u64))
+        .collect();
+    let alpha0: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.01; n]).collect();
+    let run = |threads: usize, kernel: Kernel| {
+        let (mut t, mut a) = (theta0.clone(), alpha0.clone());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let ups = t
+                .iter_mut()
+                .zip(a.iter_mut())
+                .zip(&grads)
+                .map(|((t, a), g)| Update::new(Theta::InPlace(t), a, g));
+            metasgd_kernels::step_many(kernel, ups, &cfg);
+        });
+        (
+            t.iter().map(|v| bits(v)).collect::<Vec<_>>(),
+            a.iter().map(|v| bits(v)).collect::<Vec<_>>(),
+        )
+    };
+    let want = run(1, Kernel::Scalar);
+    for threads in [1, 2, 3] {
+        assert_eq!(run(threads, Kernel::Parallel), want, "{threads} threads");
+    }
 }

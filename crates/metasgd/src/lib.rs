@@ -75,11 +75,39 @@
 //! asking for [`Backend::Simd`] or [`Backend::Parallel`] then returns
 //! [`Error::BackendUnavailable`]. All backends give bitwise identical results.
 
-pub use metasgd_core::kernels::{SimdLevel, simd_level};
+pub use metasgd_core::kernels::{Element, SimdLevel, simd_level};
+pub use metasgd_core::ndarray;
 pub use metasgd_core::{
     Backend, Error, MetaSGD, NonFinitePolicy, OptimError, Optimizer, Result, StateMismatch,
 };
-pub use metasgd_core::{kernels, ndarray};
+
+/// The slice kernels under [`MetaSGD`], for users who manage their own
+/// buffers: pick a [`Kernel`](kernels::Kernel) (or let
+/// [`auto`](kernels::auto) pick), describe each tensor as an
+/// [`Update`](kernels::Update) and run [`step`](kernels::step) or
+/// [`step_many`](kernels::step_many). The numbers are the optimizer's, bit
+/// for bit; the per-parameter state is yours to keep.
+///
+/// ```
+/// use metasgd::kernels::{self, Config, Theta, Update};
+///
+/// let (mut w, mut b) = (vec![0.5_f32; 1000], vec![0.0_f32; 10]);
+/// let (mut alpha_w, mut alpha_b) = (vec![0.01_f32; 1000], vec![0.01_f32; 10]);
+/// let (gw, gb) = (vec![0.1_f32; 1000], vec![-0.2_f32; 10]);
+/// let cfg = Config::new(0.001, 5); // alpha_lr, inner steps
+/// let updates = [
+///     Update::new(Theta::InPlace(&mut w), &mut alpha_w, &gw),
+///     Update::new(Theta::InPlace(&mut b), &mut alpha_b, &gb),
+/// ];
+/// kernels::step_many(kernels::auto(1010), updates, &cfg);
+/// assert!(w[0] < 0.5 && b[0] > 0.0);
+/// ```
+pub mod kernels {
+    pub use metasgd_core::kernels::{
+        Config, Element, Kernel, PAR_THRESHOLD, STREAM_MIN_BYTES, SimdLevel, Theta, Update, auto,
+        par, scalar, simd_level, step, step_many,
+    };
+}
 
 /// The README's example runs as a doc test, so it stays true.
 #[cfg(doctest)]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use metasgd::kernels::Element;
+use metasgd::Element;
 use metasgd::ndarray::{Array1, ArrayD};
 use metasgd::{Error, MetaSGD, Optimizer};
 use proptest::prelude::*;

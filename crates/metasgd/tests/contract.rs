@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use metasgd::kernels::Element;
+use metasgd::Element;
 use metasgd::kernels::scalar::clamp;
 use metasgd::ndarray::{
     Array, Array1, Array2, ArrayView1, ArrayViewMut1, Ix1, IxDyn, ShapeBuilder, array,

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use metasgd::kernels::Element;
+use metasgd::Element;
 use metasgd::ndarray::{Array, ArrayView, ArrayViewMut, Axis, Dimension, IxDyn, ShapeBuilder, s};
 use metasgd::{Backend, MetaSGD, Optimizer};
 

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use metasgd::kernels::Element;
+use metasgd::Element;
 use metasgd::ndarray::{Array, ArrayD, IxDyn};
 use metasgd::{MetaSGD, Optimizer};
 

@@ -67,12 +67,12 @@ pub fn snapshot<A: Element>(opt: &MetaSGD<A>) -> Snapshot {
 
 /// Seeded values in `[-2, 2)` with special values sprinkled in.
 pub fn filled<A: Element>(n: usize, seed: u64) -> Vec<A> {
-    metasgd::kernels::testdata::values(n, seed, 53)
+    metasgd_kernels::testdata::values(n, seed, 53)
 }
 
 /// Seeded finite values in `[-2, 2)`.
 pub fn finite<A: Element>(n: usize, seed: u64) -> Vec<A> {
-    metasgd::kernels::testdata::values(n, seed, 0)
+    metasgd_kernels::testdata::values(n, seed, 0)
 }
 
-pub use metasgd::kernels::testdata::specials;
+pub use metasgd_kernels::testdata::specials;

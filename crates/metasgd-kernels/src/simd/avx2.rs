@@ -1,18 +1,67 @@
-//! The AVX2 path, for every x86-64 CPU with AVX2: found at run time in a
-//! default build, compiled in with `-C target-cpu=native`.
+//! The AVX2 path: [`Avx2`], the proof that the CPU has AVX2, and the AVX
+//! registers as [`Pack`]s.
 //!
-//! The loop is the shared `pack::step` over `__m256`/`__m256d` packs, compiled
-//! inside a `#[target_feature(enable = "avx2")]` function that [`step`] enters
-//! only when [`simd_level`] has confirmed AVX2. Only add, subtract, multiply,
-//! min and max (in the operand order that matches the contract's
+//! `Avx2::try_new` is the one place that asks the CPU (once per process; not
+//! at all in a build that targets AVX2). Holding the token is the proof:
+//! [`Avx2::run`] enters the loop compiled with `#[target_feature(enable =
+//! "avx2")]`, and packs can only be made with the token. Only add, subtract,
+//! multiply, min and max (in the operand order that matches the contract's
 //! compare-and-select) are used; nothing is fused, so the bits equal the
 //! scalar reference.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::pack::{self, Pack};
-use crate::{Config, Element, SimdLevel, Update, simd_level};
+use super::pack::{Pack, STREAM_ALIGN};
+use super::sweep::{Lanewise, sweep};
+use crate::{Element, Update};
+
+/// Proof that this CPU runs AVX2: only [`Avx2::try_new`] makes one.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2 {
+    _private: (),
+}
+
+impl Avx2 {
+    /// The token, if this CPU has AVX2. The answer is cached: the CPU is asked once.
+    #[inline]
+    pub(crate) fn try_new() -> Option<Self> {
+        if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+            return Some(Self { _private: () });
+        }
+        // 0: not yet asked, 1: no AVX2, 2: AVX2.
+        static CACHE: AtomicU8 = AtomicU8::new(0);
+        let has = match CACHE.load(Ordering::Relaxed) {
+            0 => {
+                let has =
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+                CACHE.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+                has
+            }
+            known => known == 2,
+        };
+        has.then_some(Self { _private: () })
+    }
+
+    /// Runs `op` over one update in AVX registers.
+    #[inline]
+    pub(crate) fn run<A: Element, O: Lanewise<A>>(self, u: Update<'_, A>, op: O, streaming: bool) {
+        // SAFETY: `self` exists only if `try_new` found AVX2 on this CPU.
+        unsafe { run_avx2::<A, O>(self, u, op, streaming) }
+    }
+}
+
+/// The loop, compiled for AVX2 (everything below is inlined into it).
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2<A: Element, O: Lanewise<A>>(tok: Avx2, u: Update<'_, A>, op: O, streaming: bool) {
+    sweep::<A, A::Avx2, O>(tok, u, op, streaming);
+    if streaming {
+        // Non-temporal stores are weakly ordered: fence them before whoever
+        // reads the output (another thread, after rayon's join) can look.
+        _mm_sfence();
+    }
+}
 
 /// Eight `f32` lanes in one AVX register.
 #[derive(Clone, Copy)]
@@ -22,24 +71,24 @@ pub struct F32x8(__m256);
 #[derive(Clone, Copy)]
 pub struct F64x4(__m256d);
 
-// SAFETY (every `unsafe` block in these impls): the pack types are private to
-// this crate and only built inside `step_avx2`, a `#[target_feature(enable =
-// "avx2")]` function that `step` calls after checking `simd_level()` (a cached
-// `is_x86_feature_detected!("avx2")`); once inlined there, each intrinsic runs
-// on a CPU with AVX. Loads and stores go through slices re-sliced to exactly
+// SAFETY (every `unsafe` block in these impls): a pack is built only by
+// `splat` or `load`, which take an [`Avx2`] token, and the token exists only
+// where `Avx2::try_new` saw AVX2 on this CPU; so every intrinsic below runs on
+// a CPU with AVX2. Loads and stores go through slices re-sliced to exactly
 // `LANES` elements, so they stay in bounds.
 macro_rules! avx_pack {
     ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident, $stream:ident,
-     $add:ident, $sub:ident, $mul:ident, $min:ident, $max:ident) => {
+     $add:ident, $sub:ident, $mul:ident, $fmadd:ident, $min:ident, $max:ident) => {
         impl Pack<$a> for $pack {
+            type Token = Avx2;
             const LANES: usize = $n;
             #[inline(always)]
-            fn splat(x: $a) -> Self {
+            fn splat(_: Avx2, x: $a) -> Self {
                 // SAFETY: see the note above the macro.
                 $pack(unsafe { $set1(x) })
             }
             #[inline(always)]
-            fn load(s: &[$a]) -> Self {
+            fn load(_: Avx2, s: &[$a]) -> Self {
                 let s = &s[..$n];
                 // SAFETY: see the note above the macro; `s` holds `$n` elements.
                 $pack(unsafe { $loadu(s.as_ptr()) })
@@ -61,7 +110,7 @@ macro_rules! avx_pack {
             fn store_stream(self, s: &mut [MaybeUninit<$a>]) {
                 let s = &mut s[..$n];
                 let p = s.as_mut_ptr().cast::<$a>();
-                if p as usize % pack::STREAM_ALIGN == 0 {
+                if p as usize % STREAM_ALIGN == 0 {
                     // SAFETY: see the note above the macro; `s` holds `$n`
                     // elements and `p` is 32-byte aligned, as the
                     // non-temporal store requires.
@@ -71,9 +120,21 @@ macro_rules! avx_pack {
                 }
             }
             #[inline(always)]
+            fn prefetch(p: *const $a) {
+                // SAFETY: see the note above the macro. A prefetch is a hint:
+                // it never faults and reads nothing, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
+            }
+            #[inline(always)]
             fn add(self, o: Self) -> Self {
                 // SAFETY: see the note above the macro.
                 $pack(unsafe { $add(self.0, o.0) })
+            }
+            #[inline(always)]
+            fn add_on_fma(self, one: Self, o: Self) -> Self {
+                // SAFETY: see the note above the macro. `self * 1` is exact,
+                // so the one rounding of `self * 1 + o` is that of `self + o`.
+                $pack(unsafe { $fmadd(self.0, one.0, o.0) })
             }
             #[inline(always)]
             fn sub(self, o: Self) -> Self {
@@ -111,6 +172,7 @@ avx_pack!(
     _mm256_add_ps,
     _mm256_sub_ps,
     _mm256_mul_ps,
+    _mm256_fmadd_ps,
     _mm256_min_ps,
     _mm256_max_ps
 );
@@ -125,33 +187,7 @@ avx_pack!(
     _mm256_add_pd,
     _mm256_sub_pd,
     _mm256_mul_pd,
+    _mm256_fmadd_pd,
     _mm256_min_pd,
     _mm256_max_pd
 );
-
-#[target_feature(enable = "avx2")]
-fn step_avx2<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
-    pack::step::<A, A::Avx2>(u, cfg);
-    if cfg.streaming_stores() {
-        // Non-temporal stores are weakly ordered: fence them before whoever
-        // reads the output (another thread, after rayon's join) can look.
-        _mm_sfence();
-    }
-}
-
-/// Runs the AVX2 kernel.
-///
-/// # Panics
-/// If the CPU has no AVX2 (check [`simd_level`] first).
-pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
-    assert!(
-        matches!(
-            simd_level(),
-            SimdLevel::Avx2Runtime | SimdLevel::Avx2Compiled
-        ),
-        "AVX2 kernel called on a CPU without AVX2"
-    );
-    // SAFETY: the assert above (a cached `is_x86_feature_detected!("avx2")`,
-    // or AVX2 enabled at compile time) guarantees the CPU runs AVX2.
-    unsafe { step_avx2(u, cfg) }
-}

@@ -1,0 +1,144 @@
+//! The SIMD kernel: which instruction set runs it, decided once per process,
+//! and the one dispatch to it.
+//!
+//! [`Isa::detect`] is the only place that asks the CPU. On x86-64 it returns
+//! the AVX2 token wherever the CPU has AVX2 (`avx2.rs`), so a default build
+//! and a `-C target-cpu=native` build run the same loop; `wide` vectors
+//! (`wide.rs`) serve every other target; without the `simd` feature the
+//! scalar form of each operation runs. Each operation is written once over
+//! packs ([`sweep::Lanewise`]) and every instruction set runs the same loop
+//! ([`sweep::sweep`]).
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+pub(crate) mod avx2;
+pub(crate) mod metasgd;
+// Without the `simd` feature only the scalar forms run; the pack loop stays
+// compiled (and type-checked) but unused.
+#[cfg_attr(not(feature = "simd"), allow(dead_code))]
+pub(crate) mod pack;
+#[cfg_attr(not(feature = "simd"), allow(dead_code))]
+pub(crate) mod sweep;
+pub(crate) mod traffic;
+#[cfg(feature = "simd")]
+mod wide;
+
+use std::sync::OnceLock;
+
+use crate::{Config, Element, Update};
+use sweep::Lanewise;
+
+/// Whether this build has the SIMD kernel (the `simd` feature).
+pub(crate) const AVAILABLE: bool = cfg!(feature = "simd");
+
+/// The instruction set behind [`crate::Kernel::Simd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SimdLevel {
+    /// The `simd` feature is off: the scalar reference runs.
+    Scalar,
+    /// `wide` with the instruction set the build targets (SSE2 on plain
+    /// x86-64, NEON on aarch64).
+    Wide,
+    /// The build targets AVX2 (`-C target-cpu=native` or similar): the AVX2
+    /// loop, no check needed.
+    Avx2Compiled,
+    /// The build does not target AVX2 but the CPU has it: the AVX2 loop,
+    /// found at run time.
+    Avx2Runtime,
+}
+
+impl SimdLevel {
+    /// A human-readable name, printed by the benchmarks.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar (simd feature off)",
+            SimdLevel::Wide => "wide (compile-time instruction set)",
+            SimdLevel::Avx2Compiled => "avx2 (compiled in)",
+            SimdLevel::Avx2Runtime => "avx2 (runtime dispatch)",
+        }
+    }
+}
+
+/// The instruction set [`crate::Kernel::Simd`] runs in this process.
+pub fn simd_level() -> SimdLevel {
+    Isa::detect().level()
+}
+
+/// The instruction set a SIMD kernel runs; a variant that needs a CPU
+/// feature carries its proof.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Isa {
+    /// The scalar form of each operation (the `simd` feature is off).
+    #[cfg_attr(feature = "simd", allow(dead_code))]
+    Scalar,
+    /// `wide` vectors, as compiled.
+    #[cfg(feature = "simd")]
+    Wide,
+    /// The AVX2 loop; the token proves the CPU has it.
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    Avx2(avx2::Avx2),
+}
+
+impl Isa {
+    /// The best instruction set of this CPU, found once and cached.
+    #[inline]
+    pub(crate) fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            if let Some(tok) = avx2::Avx2::try_new() {
+                return Isa::Avx2(tok);
+            }
+            Isa::portable()
+        })
+    }
+
+    /// The portable path: `wide`, or the scalar form without the `simd` feature.
+    pub(crate) const fn portable() -> Isa {
+        #[cfg(feature = "simd")]
+        {
+            Isa::Wide
+        }
+        #[cfg(not(feature = "simd"))]
+        {
+            Isa::Scalar
+        }
+    }
+
+    pub(crate) fn level(self) -> SimdLevel {
+        match self {
+            Isa::Scalar => SimdLevel::Scalar,
+            #[cfg(feature = "simd")]
+            Isa::Wide => SimdLevel::Wide,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx2(_) if cfg!(target_feature = "avx2") => SimdLevel::Avx2Compiled,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx2(_) => SimdLevel::Avx2Runtime,
+        }
+    }
+
+    /// Runs `op` over one update.
+    #[inline]
+    pub(crate) fn run<A: Element, O: Lanewise<A>>(self, u: Update<'_, A>, op: O, streaming: bool) {
+        let _ = streaming; // the scalar form's stores are ordinary
+        match self {
+            Isa::Scalar => sweep::scalar(u, op),
+            #[cfg(feature = "simd")]
+            Isa::Wide => sweep::sweep::<A, A::Wide, O>((), u, op, streaming),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx2(tok) => tok.run(u, op, streaming),
+        }
+    }
+
+    /// The Meta-SGD update of one tensor.
+    #[inline]
+    pub(crate) fn step<A: Element>(self, u: Update<'_, A>, cfg: &Config<A>) {
+        metasgd::with_metasgd!(*cfg, |op| self.run(u, op, cfg.streaming_stores()))
+    }
+
+    /// The roofline's trivial operation over one tensor.
+    #[inline]
+    pub(crate) fn traffic<A: Element>(self, u: Update<'_, A>) {
+        self.run(u, traffic::Traffic, false)
+    }
+}

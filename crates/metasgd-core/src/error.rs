@@ -51,6 +51,23 @@ pub enum Error {
         /// Row-major (logical) index of the first bad element.
         index: usize,
     },
+    /// Reading or writing a checkpoint failed in the operating system.
+    #[error("I/O error ({kind:?}): {message}")]
+    Io {
+        /// What kind of failure.
+        kind: std::io::ErrorKind,
+        /// The operating system's message, with the path where one is known.
+        message: String,
+    },
+    /// A checkpoint's bytes are not a valid `metasgd` state: malformed
+    /// safetensors, a missing, extra or mistyped tensor, a value out of range.
+    #[error("invalid checkpoint: {field}: {reason}")]
+    InvalidCheckpoint {
+        /// The tensor or metadata key at fault (`"file"` for the container itself).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The requested backend was compiled out.
     #[error("backend {backend:?} is not available: build with the `{feature}` feature")]
     BackendUnavailable {
@@ -59,6 +76,33 @@ pub enum Error {
         /// The cargo feature that provides it.
         feature: &'static str,
     },
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Error {
+    /// An [`Error::Io`] naming the file it happened on.
+    pub(crate) fn io_at(path: &std::path::Path, e: &std::io::Error) -> Self {
+        Error::Io {
+            kind: e.kind(),
+            message: format!("{}: {e}", path.display()),
+        }
+    }
+
+    /// An [`Error::InvalidCheckpoint`].
+    pub(crate) fn checkpoint(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidCheckpoint {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// How an input disagrees with the stored per-parameter learning rates.

@@ -4,14 +4,20 @@
 //! # Features
 //! - `simd` (default): vectorised kernels.
 //! - `parallel` (default): multi-threaded kernels on the caller's rayon pool.
+//! - `serde`: `Serialize`/`Deserialize` for `MetaSGD`, exact for every float.
 
 mod backend;
+mod checkpoint;
+mod closure;
 mod error;
 mod layout;
 mod metasgd;
 mod optimizer;
+#[cfg(feature = "serde")]
+mod serde_impl;
 
 pub use backend::{Backend, NonFinitePolicy};
+pub use checkpoint::FORMAT_VERSION;
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;
 pub use optimizer::Optimizer;

@@ -62,16 +62,16 @@ use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
 /// ```
 #[derive(Clone, Debug)]
 pub struct MetaSGD<A: Element> {
-    base_lr: A,
+    pub(crate) base_lr: A,
     /// The last `base_lr` that passed validation: `set_learning_rate` rescales from it.
-    last_valid_lr: Option<A>,
-    alpha_lr: A,
-    inner_steps: usize,
-    backend: Backend,
-    non_finite: NonFinitePolicy,
-    slots: Vec<ArrayD<A>>,
-    step_count: usize,
-    skipped_steps: usize,
+    pub(crate) last_valid_lr: Option<A>,
+    pub(crate) alpha_lr: A,
+    pub(crate) inner_steps: usize,
+    pub(crate) backend: Backend,
+    pub(crate) non_finite: NonFinitePolicy,
+    pub(crate) slots: Vec<ArrayD<A>>,
+    pub(crate) step_count: usize,
+    pub(crate) skipped_steps: usize,
 }
 
 /// Which slots a call uses.
@@ -183,8 +183,19 @@ impl<A: Element> MetaSGD<A> {
         self.slots.clear();
     }
 
-    fn config(&self) -> Config<A> {
+    pub(crate) fn config(&self) -> Config<A> {
         Config::new(self.alpha_lr, self.inner_steps)
+    }
+
+    /// The hyperparameters and the backend, checked before every step.
+    pub(crate) fn check_settings(&self) -> Result<()> {
+        if !valid_base_lr(self.base_lr) {
+            return Err(invalid("base_lr", self.base_lr, "finite and > 0"));
+        }
+        if !(self.alpha_lr.is_finite() && self.alpha_lr >= A::ZERO) {
+            return Err(invalid("alpha_lr", self.alpha_lr, "finite and >= 0"));
+        }
+        self.backend.check()
     }
 
     /// Everything that can fail, checked before anything changes.
@@ -198,13 +209,7 @@ impl<A: Element> MetaSGD<A> {
         param_shape: impl Fn(usize) -> &'g [usize],
         grad: impl Fn(usize) -> ArrayView<'g, A, D>,
     ) -> Result<Plan> {
-        if !valid_base_lr(self.base_lr) {
-            return Err(invalid("base_lr", self.base_lr, "finite and > 0"));
-        }
-        if !(self.alpha_lr.is_finite() && self.alpha_lr >= A::ZERO) {
-            return Err(invalid("alpha_lr", self.alpha_lr, "finite and >= 0"));
-        }
-        self.backend.check()?;
+        self.check_settings()?;
         if n != n_grads {
             return Err(Error::LengthMismatch {
                 params: n,
@@ -263,7 +268,11 @@ impl<A: Element> MetaSGD<A> {
         }
     }
 
-    /// Creates missing slots, each laid out like its parameters.
+    /// Creates missing slots, each laid out like its parameters, and lays
+    /// out again a slot whose memory order differs from its contiguous
+    /// parameters (a loaded checkpoint is row-major; Fortran-order
+    /// parameters would otherwise take the strided path on every step).
+    /// Values are unchanged; only the first step after a change allocates.
     fn init_slots<'p, D: Dimension + 'p>(
         &mut self,
         params: impl Iterator<Item = ArrayView<'p, A, D>>,
@@ -272,9 +281,17 @@ impl<A: Element> MetaSGD<A> {
             let base = self.base_lr;
             self.slots
                 .extend(params.map(|p| p.map(|_| base).into_dyn()));
+            return;
+        }
+        for (alpha, p) in self.slots.iter_mut().zip(params) {
+            let p = p.into_dyn();
+            if alpha.strides() != p.strides() && p.as_slice_memory_order().is_some() {
+                let mut like = p.map(|_| A::ZERO);
+                like.assign(alpha);
+                *alpha = like;
+            }
         }
     }
-
     /// Runs a validated step on `targets` (one per slot, in order).
     ///
     /// `output_bytes` is the size of new arrays the call writes (0 in place):
@@ -298,7 +315,7 @@ impl<A: Element> MetaSGD<A> {
     }
 }
 
-fn valid_base_lr<A: Element>(lr: A) -> bool {
+pub(crate) fn valid_base_lr<A: Element>(lr: A) -> bool {
     lr.is_finite() && lr > A::ZERO
 }
 

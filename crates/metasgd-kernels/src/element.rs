@@ -42,17 +42,38 @@ pub trait Element: Float + Debug + Send + Sync + 'static + sealed::Sealed {
     const HI: Self;
     /// `+0.0`.
     const ZERO: Self;
+    /// `"f32"` or `"f64"`.
+    const NAME: &'static str;
     /// The raw bits, widened to `u64` (for bitwise comparisons in tests and tools).
     fn bits(self) -> u64;
+    /// The value with these raw bits (the low 32 for `f32`): the inverse of
+    /// [`Element::bits`], NaN payloads included.
+    fn from_bits(bits: u64) -> Self;
+    /// The little-endian bytes of the value, `size_of::<Self>()` of them.
+    fn write_le(self, out: &mut Vec<u8>);
+    /// The value from `size_of::<Self>()` little-endian bytes; `None` if
+    /// `bytes` has another length.
+    fn read_le(bytes: &[u8]) -> Option<Self>;
 }
 
 impl Element for f32 {
     const LO: Self = 1e-8_f64 as f32;
     const HI: Self = 10.0_f64 as f32;
     const ZERO: Self = 0.0;
+    const NAME: &'static str = "f32";
     #[inline]
     fn bits(self) -> u64 {
         u64::from(self.to_bits())
+    }
+    #[inline]
+    fn from_bits(bits: u64) -> Self {
+        f32::from_bits(bits as u32)
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Option<Self> {
+        Some(f32::from_le_bytes(bytes.try_into().ok()?))
     }
 }
 
@@ -60,9 +81,20 @@ impl Element for f64 {
     const LO: Self = 1e-8;
     const HI: Self = 10.0;
     const ZERO: Self = 0.0;
+    const NAME: &'static str = "f64";
     #[inline]
     fn bits(self) -> u64 {
         self.to_bits()
+    }
+    #[inline]
+    fn from_bits(bits: u64) -> Self {
+        f64::from_bits(bits)
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Option<Self> {
+        Some(f64::from_le_bytes(bytes.try_into().ok()?))
     }
 }
 

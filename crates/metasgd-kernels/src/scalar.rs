@@ -32,6 +32,23 @@ pub fn update<A: Element>(theta: A, g: A, alpha: A, cfg: &Config<A>) -> (A, A) {
     (t, clamp(a))
 }
 
+/// One inner iteration of the closure step (optirs-core 0.3.2's
+/// `step_with_closure`) for one element, with `g` the gradient evaluated at
+/// the current `t`: `d = alpha * g`, `c = c + d`, `t = t - d`. Returns `(t, c)`.
+#[inline(always)]
+pub fn closure_inner<A: Element>(t: A, c: A, alpha: A, g: A) -> (A, A) {
+    let d = alpha * g;
+    (t - d, c + d)
+}
+
+/// The closure step's learning-rate update for one element, after the
+/// inner iterations: `m = g_last * c`, `alpha' = clamp(alpha - m * beta)`.
+#[inline(always)]
+pub fn closure_alpha<A: Element>(alpha: A, g_last: A, c: A, beta: A) -> A {
+    let m = g_last * c;
+    clamp(alpha - m * beta)
+}
+
 /// Applies [`update`] to every element of one tensor.
 pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
     let Update { theta, alpha, grad } = u;

@@ -71,6 +71,14 @@
 //!   caller's rayon pool (`pool.install(...)` is honoured); list steps
 //!   schedule the chunks of all tensors in one pass.
 //!
+//! - `serde` (off): `Serialize`/`Deserialize` for [`MetaSGD`], exact for
+//!   every float, to embed the optimizer in your own checkpoint structs.
+//!
+//! Checkpoints: [`MetaSGD::save_state`] / [`MetaSGD::load_state`] write and
+//! read the whole state as a safetensors file (atomically; the layout is in
+//! the README). [`MetaSGD::step_with_closure`] is the reference's inner loop
+//! with a fresh gradient per inner step.
+//!
 //! With `--no-default-features` everything works on the scalar reference;
 //! asking for [`Backend::Simd`] or [`Backend::Parallel`] then returns
 //! [`Error::BackendUnavailable`]. All backends give bitwise identical results.
@@ -78,7 +86,8 @@
 pub use metasgd_core::kernels::{Element, SimdLevel, simd_level};
 pub use metasgd_core::ndarray;
 pub use metasgd_core::{
-    Backend, Error, MetaSGD, NonFinitePolicy, OptimError, Optimizer, Result, StateMismatch,
+    Backend, Error, FORMAT_VERSION, MetaSGD, NonFinitePolicy, OptimError, Optimizer, Result,
+    StateMismatch,
 };
 
 /// The slice kernels under [`MetaSGD`], for users who manage their own

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
+//! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
 //! ```
 
 mod bench;
+mod meta;
 mod plot;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +16,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask bench [--quick]".to_string()),
+        Some("meta") => meta::run(&args[1..]),
+        _ => Err(format!(
+            "usage: cargo xtask bench [--quick]\n       {}",
+            meta::USAGE
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,6 +51,19 @@ pub enum Error {
         /// Row-major (logical) index of the first bad element.
         index: usize,
     },
+    /// A per-parameter learning rate handed to `with_per_param_lrs` is not
+    /// finite or lies outside the clamp range `[1e-8, 10]`.
+    #[error(
+        "per-parameter learning rate {value} in slot {slot} at flat index {index}: must be finite and within [1e-8, 10]"
+    )]
+    InvalidPerParamLr {
+        /// The slot (list position).
+        slot: usize,
+        /// Row-major index of the element.
+        index: usize,
+        /// The value, widened to `f64`.
+        value: f64,
+    },
     /// Reading or writing a checkpoint failed in the operating system.
     #[error("I/O error ({kind:?}): {message}")]
     Io {

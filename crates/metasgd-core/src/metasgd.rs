@@ -178,6 +178,42 @@ impl<A: Element> MetaSGD<A> {
         &self.slots
     }
 
+    /// Starts the slots at the given per-parameter learning rates (one array
+    /// per slot, in list order) instead of `base_lr`: for rates learned
+    /// elsewhere, such as by `metasgd::meta::MetaLearner`.
+    ///
+    /// Every rate must be finite and within the clamp range `[1e-8, 10]`
+    /// ([`Error::InvalidPerParamLr`] names the slot and element otherwise).
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGD, Optimizer};
+    /// use ndarray::{ArrayD, IxDyn, array};
+    ///
+    /// let rates = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.5_f32, 0.01]).unwrap();
+    /// let mut opt = MetaSGD::new(0.1_f32).with_per_param_lrs(vec![rates])?;
+    /// let mut w = array![1.0_f32, 1.0];
+    /// opt.step_inplace(w.view_mut(), array![1.0, 1.0].view())?;
+    /// assert!(w[0] < w[1]); // the first parameter moved with the larger rate
+    /// # Ok::<(), metasgd_core::Error>(())
+    /// ```
+    pub fn with_per_param_lrs(mut self, lrs: Vec<ArrayD<A>>) -> Result<Self> {
+        for (j, a) in lrs.iter().enumerate() {
+            if let Some((i, v)) = a
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v >= A::LO && **v <= A::HI))
+            {
+                return Err(Error::InvalidPerParamLr {
+                    slot: j,
+                    index: i,
+                    value: v.to_f64().unwrap_or(f64::NAN),
+                });
+            }
+        }
+        self.slots = lrs;
+        Ok(self)
+    }
+
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
     pub fn reset_per_param_lr(&mut self) {
         self.slots.clear();

@@ -36,6 +36,7 @@
 
 mod config;
 mod element;
+pub mod meta;
 #[doc(hidden)]
 pub mod output;
 pub mod par;

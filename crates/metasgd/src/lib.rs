@@ -74,6 +74,10 @@
 //! - `serde` (off): `Serialize`/`Deserialize` for [`MetaSGD`], exact for
 //!   every float, to embed the optimizer in your own checkpoint structs.
 //!
+//! Meta-learning (Li et al. 2017): [`meta::MetaLearner`] learns the
+//! initialisation and the per-parameter rates across tasks;
+//! [`meta::MetaLearner::to_optimizer`] hands the learned rates to [`MetaSGD`].
+//!
 //! Checkpoints: [`MetaSGD::save_state`] / [`MetaSGD::load_state`] write and
 //! read the whole state as a safetensors file (atomically; the layout is in
 //! the README). [`MetaSGD::step_with_closure`] is the reference's inner loop
@@ -116,6 +120,15 @@ pub mod kernels {
         Config, Element, Kernel, PAR_THRESHOLD, STREAM_MIN_BYTES, SimdLevel, Theta, Update, auto,
         par, scalar, simd_level, step, step_many,
     };
+}
+
+/// Meta-learning across tasks: [`MetaLearner`](meta::MetaLearner) learns an
+/// initialisation and per-parameter rates (Meta-SGD), or an initialisation
+/// for a fixed rate (MAML, first-order MAML), with exact second-order
+/// meta-gradients; [`Mlp`](meta::Mlp) and [`Sinusoid`](meta::Sinusoid) are
+/// a ready network and task family. See the `metasgd_meta` crate docs.
+pub mod meta {
+    pub use metasgd_meta::*;
 }
 
 /// The README's example runs as a doc test, so it stays true.

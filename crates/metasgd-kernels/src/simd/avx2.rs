@@ -78,7 +78,7 @@ pub struct F64x4(__m256d);
 // `LANES` elements, so they stay in bounds.
 macro_rules! avx_pack {
     ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident, $stream:ident,
-     $add:ident, $sub:ident, $mul:ident, $fmadd:ident, $min:ident, $max:ident) => {
+     $add:ident, $sub:ident, $mul:ident, $fmadd:ident, $div:ident, $sqrt:ident, $min:ident, $max:ident) => {
         impl Pack<$a> for $pack {
             type Token = Avx2;
             const LANES: usize = $n;
@@ -147,6 +147,16 @@ macro_rules! avx_pack {
                 $pack(unsafe { $mul(self.0, o.0) })
             }
             #[inline(always)]
+            fn div(self, o: Self) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $div(self.0, o.0) })
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                // SAFETY: see the note above the macro.
+                $pack(unsafe { $sqrt(self.0) })
+            }
+            #[inline(always)]
             fn clamp(self) -> Self {
                 // SAFETY: see the note above the macro. `min(hi, x)` is
                 // `hi < x ? hi : x` and `max(lo, y)` is `lo > y ? lo : y`: the
@@ -173,6 +183,8 @@ avx_pack!(
     _mm256_sub_ps,
     _mm256_mul_ps,
     _mm256_fmadd_ps,
+    _mm256_div_ps,
+    _mm256_sqrt_ps,
     _mm256_min_ps,
     _mm256_max_ps
 );
@@ -188,6 +200,8 @@ avx_pack!(
     _mm256_sub_pd,
     _mm256_mul_pd,
     _mm256_fmadd_pd,
+    _mm256_div_pd,
+    _mm256_sqrt_pd,
     _mm256_min_pd,
     _mm256_max_pd
 );

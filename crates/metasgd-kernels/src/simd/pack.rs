@@ -60,6 +60,10 @@ pub trait Pack<A>: Copy {
     fn sub(self, o: Self) -> Self;
     /// Lane-wise `self * o`.
     fn mul(self, o: Self) -> Self;
+    /// Lane-wise `self / o` (correctly rounded).
+    fn div(self, o: Self) -> Self;
+    /// Lane-wise square root (correctly rounded).
+    fn sqrt(self) -> Self;
     /// Lane-wise [`crate::scalar::clamp`]: compare and select against `A::LO`
     /// and `A::HI`, NaN lanes unchanged.
     fn clamp(self) -> Self;

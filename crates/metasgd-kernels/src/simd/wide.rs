@@ -46,6 +46,14 @@ macro_rules! wide_pack {
                 self * o
             }
             #[inline(always)]
+            fn div(self, o: Self) -> Self {
+                self / o
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$v>::sqrt(self)
+            }
+            #[inline(always)]
             fn clamp(self) -> Self {
                 let (lo, hi) = (<$v>::splat(<$a>::LO), <$v>::splat(<$a>::HI));
                 let above = self.simd_gt(hi).select(hi, self);

@@ -1,0 +1,390 @@
+//! The meta-learner: exact meta-gradients over a meta-batch, Adam outside.
+
+use std::borrow::Cow;
+
+use metasgd_core::{Error, MetaSGD, Result};
+use metasgd_kernels::meta::{self, Adam};
+use metasgd_kernels::{Element, scalar};
+use ndarray::ArrayD;
+
+use crate::{Objective, Task};
+
+/// How much of the meta-gradient to compute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Order {
+    /// Drop the Hessian terms (first-order MAML): `dtheta` is the query
+    /// gradient at the adapted parameters. The rate gradient is still exact
+    /// for one inner step.
+    First,
+    /// The exact meta-gradient, Hessian-vector products included.
+    #[default]
+    Second,
+}
+
+/// A meta-gradient, averaged over the tasks of a meta-batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaGradient<A> {
+    /// Mean query loss after adaptation.
+    pub loss: A,
+    /// Gradient with respect to the initial parameters.
+    pub theta: Vec<ArrayD<A>>,
+    /// Gradient with respect to the per-parameter rates (empty for MAML,
+    /// whose rate is fixed).
+    pub alpha: Vec<ArrayD<A>>,
+}
+
+/// Learns an initialisation and (for Meta-SGD) per-parameter learning rates.
+///
+/// Meta-SGD: [`MetaLearner::meta_sgd`]; MAML: [`MetaLearner::maml`] (one
+/// fixed rate), first-order MAML with `.with_order(Order::First)`.
+#[derive(Clone, Debug)]
+pub struct MetaLearner<A: Element> {
+    theta: Vec<ArrayD<A>>,
+    alpha: Vec<ArrayD<A>>,
+    learn_alpha: bool,
+    inner_steps: usize,
+    order: Order,
+    outer_lr: A,
+    step: u32,
+    m_theta: Vec<ArrayD<A>>,
+    v_theta: Vec<ArrayD<A>>,
+    m_alpha: Vec<ArrayD<A>>,
+    v_alpha: Vec<ArrayD<A>>,
+}
+
+fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
+    v.iter().map(|a| ArrayD::zeros(a.raw_dim())).collect()
+}
+
+/// The elements of `a` in logical (row-major) order, borrowed when it is
+/// already laid out that way.
+fn flat<A: Element>(a: &ArrayD<A>) -> Cow<'_, [A]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+/// A row-major array of `shape`'s shape (our own arrays always are).
+fn standard<A: Element>(shape: &ArrayD<A>) -> ArrayD<A> {
+    ArrayD::zeros(shape.raw_dim())
+}
+
+fn slice_mut<A: Element>(a: &mut ArrayD<A>) -> &mut [A] {
+    a.as_slice_mut().expect("arrays made here are row-major")
+}
+
+impl<A: Element> MetaLearner<A> {
+    fn new(init: Vec<ArrayD<A>>, alpha: A, learn_alpha: bool) -> Self {
+        let init: Vec<ArrayD<A>> = init
+            .into_iter()
+            .map(|a| a.as_standard_layout().into_owned())
+            .collect();
+        let alphas = init
+            .iter()
+            .map(|a| ArrayD::from_elem(a.raw_dim(), alpha))
+            .collect();
+        Self {
+            m_theta: zeros_like(&init),
+            v_theta: zeros_like(&init),
+            m_alpha: if learn_alpha {
+                zeros_like(&init)
+            } else {
+                Vec::new()
+            },
+            v_alpha: if learn_alpha {
+                zeros_like(&init)
+            } else {
+                Vec::new()
+            },
+            theta: init,
+            alpha: alphas,
+            learn_alpha,
+            inner_steps: 1,
+            order: Order::Second,
+            outer_lr: A::from(1e-3).unwrap_or(A::ZERO),
+            step: 0,
+        }
+    }
+
+    /// Meta-SGD: the initialisation `init` and a rate per parameter, starting at `alpha_init`, both learned.
+    pub fn meta_sgd(init: Vec<ArrayD<A>>, alpha_init: A) -> Self {
+        Self::new(init, alpha_init, true)
+    }
+
+    /// MAML: the initialisation is learned, the rate is `inner_lr` everywhere and fixed.
+    pub fn maml(init: Vec<ArrayD<A>>, inner_lr: A) -> Self {
+        Self::new(init, inner_lr, false)
+    }
+
+    /// Adaptation steps per task (default 1; 0 is stored as 1).
+    pub fn with_inner_steps(mut self, k: usize) -> Self {
+        self.inner_steps = k.max(1);
+        self
+    }
+
+    /// First or second order (default [`Order::Second`]).
+    pub fn with_order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Adam's step size for the outer update (default `1e-3`).
+    pub fn with_outer_lr(mut self, lr: A) -> Self {
+        self.outer_lr = lr;
+        self
+    }
+
+    /// Replaces the per-parameter rates (one array per parameter tensor, same
+    /// shapes): to resume a meta-training run or to start from rates of your
+    /// own. Errors with [`Error::ShapeMismatch`] or [`Error::LengthMismatch`].
+    pub fn with_alphas(mut self, alphas: Vec<ArrayD<A>>) -> Result<Self> {
+        self.check_shapes(&alphas)?;
+        self.alpha = alphas
+            .into_iter()
+            .map(|a| a.as_standard_layout().into_owned())
+            .collect();
+        Ok(self)
+    }
+
+    /// The learned initialisation.
+    pub fn params(&self) -> &[ArrayD<A>] {
+        &self.theta
+    }
+
+    /// The per-parameter rates (for MAML: filled with its fixed rate).
+    pub fn alphas(&self) -> &[ArrayD<A>] {
+        &self.alpha
+    }
+
+    /// Meta-updates done so far.
+    pub fn meta_steps(&self) -> u32 {
+        self.step
+    }
+
+    /// Adapts the initialisation to one task's support set:
+    /// `K` steps of `theta - alpha * grad`.
+    pub fn adapt<O: Objective<A>>(&self, obj: &O, support: &O::Batch) -> Vec<ArrayD<A>> {
+        let mut theta = self.theta.clone();
+        for _ in 0..self.inner_steps {
+            let (_, g) = obj.loss_grad(&theta, support);
+            theta = self.adapt_once(&theta, &g);
+        }
+        theta
+    }
+
+    fn adapt_once(&self, theta: &[ArrayD<A>], g: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
+        theta
+            .iter()
+            .zip(&self.alpha)
+            .zip(g)
+            .map(|((t, a), g)| {
+                let mut out = standard(t);
+                meta::adapt(slice_mut(&mut out), &flat(t), &flat(a), &flat(g));
+                out
+            })
+            .collect()
+    }
+
+    fn check_shapes(&self, g: &[ArrayD<A>]) -> Result<()> {
+        if g.len() != self.theta.len() {
+            return Err(Error::LengthMismatch {
+                params: self.theta.len(),
+                gradients: g.len(),
+            });
+        }
+        for (slot, (t, g)) in self.theta.iter().zip(g).enumerate() {
+            if t.shape() != g.shape() {
+                return Err(Error::ShapeMismatch {
+                    slot,
+                    params: t.shape().to_vec(),
+                    gradients: g.shape().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One task's query loss and meta-gradient.
+    fn task_gradient<O: Objective<A>>(
+        &self,
+        obj: &O,
+        task: &Task<O::Batch>,
+    ) -> Result<MetaGradient<A>> {
+        let k = self.inner_steps;
+        let mut iterates = Vec::with_capacity(k + 1);
+        let mut grads = Vec::with_capacity(k);
+        iterates.push(self.theta.clone());
+        for step in 0..k {
+            let (_, g) = obj.loss_grad(&iterates[step], &task.support);
+            self.check_shapes(&g)?;
+            let next = self.adapt_once(&iterates[step], &g);
+            grads.push(g);
+            iterates.push(next);
+        }
+        let (loss, u) = obj.loss_grad(&iterates[k], &task.query);
+        self.check_shapes(&u)?;
+        // The reverse sweep.
+        let mut lambda: Vec<ArrayD<A>> = u
+            .iter()
+            .map(|a| a.as_standard_layout().into_owned())
+            .collect();
+        let mut dalpha = if self.learn_alpha {
+            zeros_like(&self.theta)
+        } else {
+            Vec::new()
+        };
+        for step in (0..k).rev() {
+            for (d, (g, l)) in dalpha.iter_mut().zip(grads[step].iter().zip(&lambda)) {
+                meta::alpha_grad(slice_mut(d), &flat(g), &flat(l));
+            }
+            if self.order == Order::Second {
+                let direction: Vec<ArrayD<A>> = self
+                    .alpha
+                    .iter()
+                    .zip(&lambda)
+                    .map(|(a, l)| {
+                        let mut out = standard(a);
+                        meta::mul(slice_mut(&mut out), &flat(a), &flat(l));
+                        out
+                    })
+                    .collect();
+                let hv = obj.hessian_vector(&iterates[step], &task.support, &direction);
+                self.check_shapes(&hv)?;
+                for (l, h) in lambda.iter_mut().zip(&hv) {
+                    meta::sub_assign(slice_mut(l), &flat(h));
+                }
+            }
+        }
+        Ok(MetaGradient {
+            loss,
+            theta: lambda,
+            alpha: dalpha,
+        })
+    }
+
+    /// The meta-gradient over `tasks`: each task's query loss after
+    /// adaptation and its exact gradient (see [`Order`]), averaged. Tasks
+    /// run in parallel on the current rayon pool (feature `parallel`); the
+    /// sum is taken in task order, so the bits do not depend on the thread
+    /// count.
+    ///
+    /// Errors: an empty meta-batch ([`Error::LengthMismatch`]), or an
+    /// objective whose gradients do not match the parameters' shapes
+    /// ([`Error::ShapeMismatch`]).
+    pub fn meta_gradient<O: Objective<A>>(
+        &self,
+        obj: &O,
+        tasks: &[Task<O::Batch>],
+    ) -> Result<MetaGradient<A>> {
+        if tasks.is_empty() {
+            return Err(Error::LengthMismatch {
+                params: self.theta.len(),
+                gradients: 0,
+            });
+        }
+        #[cfg(feature = "parallel")]
+        let per_task: Vec<Result<_>> = {
+            use rayon::prelude::*;
+            tasks
+                .par_iter()
+                .map(|t| self.task_gradient(obj, t))
+                .collect()
+        };
+        #[cfg(not(feature = "parallel"))]
+        let per_task: Vec<Result<_>> = tasks.iter().map(|t| self.task_gradient(obj, t)).collect();
+
+        let mut loss = A::ZERO;
+        let mut theta = zeros_like(&self.theta);
+        let mut alpha = if self.learn_alpha {
+            zeros_like(&self.theta)
+        } else {
+            Vec::new()
+        };
+        for r in per_task {
+            let MetaGradient {
+                loss: l,
+                theta: dt,
+                alpha: da,
+            } = r?;
+            loss = loss + l;
+            for (sum, g) in theta.iter_mut().zip(&dt).chain(alpha.iter_mut().zip(&da)) {
+                sum.zip_mut_with(g, |s, &g| *s = *s + g);
+            }
+        }
+        let n = A::from(tasks.len()).unwrap_or(A::one());
+        for sum in theta.iter_mut().chain(alpha.iter_mut()) {
+            sum.mapv_inplace(|s| s / n);
+        }
+        Ok(MetaGradient {
+            loss: loss / n,
+            theta,
+            alpha,
+        })
+    }
+
+    /// One meta-update: the meta-gradient over `tasks`, then Adam on the
+    /// initialisation and (Meta-SGD) the rates. Returns the mean query loss
+    /// before the update. On error nothing changes.
+    pub fn meta_step<O: Objective<A>>(&mut self, obj: &O, tasks: &[Task<O::Batch>]) -> Result<A> {
+        let g = self.meta_gradient(obj, tasks)?;
+        self.step += 1;
+        let a = |x: f64| A::from(x).unwrap_or(A::ZERO);
+        let cfg = Adam::new(self.outer_lr, a(0.9), a(0.999), a(1e-8), self.step);
+        let groups = [
+            (
+                &mut self.theta,
+                &mut self.m_theta,
+                &mut self.v_theta,
+                &g.theta,
+            ),
+            (
+                &mut self.alpha,
+                &mut self.m_alpha,
+                &mut self.v_alpha,
+                &g.alpha,
+            ),
+        ];
+        for (params, m, v, grads) in groups {
+            for (((p, m), v), g) in params
+                .iter_mut()
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+                .zip(grads.iter())
+            {
+                meta::adam(slice_mut(p), slice_mut(m), slice_mut(v), &flat(g), &cfg);
+            }
+        }
+        Ok(g.loss)
+    }
+
+    /// A [`MetaSGD`] whose slots start at the learned rates, for online
+    /// training from the learned initialisation ([`MetaLearner::params`]).
+    ///
+    /// Rates are clamped to MetaSGD's range `[1e-8, 10]` (a learned rate
+    /// can be negative or large); a non-finite rate starts at `base_lr`.
+    pub fn to_optimizer(&self, base_lr: A) -> MetaSGD<A> {
+        let fallback = if base_lr.is_finite() {
+            scalar::clamp(base_lr)
+        } else {
+            A::LO
+        };
+        let rates = self
+            .alpha
+            .iter()
+            .map(|a| {
+                a.mapv(|r| {
+                    if r.is_finite() {
+                        scalar::clamp(r)
+                    } else {
+                        fallback
+                    }
+                })
+            })
+            .collect();
+        MetaSGD::new(base_lr)
+            .with_per_param_lrs(rates)
+            .unwrap_or_else(|_| MetaSGD::new(base_lr))
+    }
+}

@@ -1,0 +1,82 @@
+//! Meta-SGD as its authors defined it (Li, Zhou, Chen, Li 2017, "Meta-SGD:
+//! Learning to Learn Quickly for Few-Shot Learning"): over a distribution of
+//! tasks, learn both the initial parameters `theta` and a learning rate per
+//! parameter `alpha`, so that `K` adaptation steps `theta' = theta - alpha *
+//! grad L_support(theta)` give a low loss on each task's query set. MAML
+//! (one fixed scalar rate) and first-order MAML come out of the same code.
+//!
+//! Meta-gradients are exact, second order included, with no autodiff
+//! framework: the inner iterates are stored and a reverse sweep runs
+//! `lambda_K = grad L_query(theta_K)`; for `k = K-1 .. 0`: `dalpha -= g_k *
+//! lambda_{k+1}`, `lambda_k = lambda_{k+1} - H_k (alpha * lambda_{k+1})`;
+//! `dtheta = lambda_0`. The Hessian-vector products come from the
+//! [`Objective`]; [`Mlp`] computes them exactly with Pearlmutter's
+//! R-operator. The element-wise pieces are the fused kernels of
+//! `metasgd_kernels::meta`. Tasks of a meta-batch run in parallel on the
+//! caller's rayon pool, and the result does not depend on the thread count.
+//!
+//! ```
+//! use metasgd_meta::{MetaLearner, Mlp, Sinusoid};
+//! use rand::SeedableRng;
+//!
+//! let net = Mlp::new(&[1, 40, 40, 1]);
+//! let mut learner = MetaLearner::meta_sgd(net.init::<f32>(0), 0.01);
+//! let tasks = Sinusoid::default();
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! for _ in 0..20 {
+//!     let batch: Vec<_> = (0..4).map(|_| tasks.sample::<f32, _>(&mut rng, 5, 10)).collect();
+//!     learner.meta_step(&net, &batch)?;
+//! }
+//! // Adapt to a new task from 5 examples, then hand the learned rates to MetaSGD.
+//! let task = tasks.sample::<f32, _>(&mut rng, 5, 100);
+//! let adapted = learner.adapt(&net, &task.support);
+//! let _prediction = net.predict(&adapted, &task.query.x);
+//! let _online = learner.to_optimizer(0.01);
+//! # Ok::<(), metasgd_core::Error>(())
+//! ```
+
+mod learner;
+mod mlp;
+mod sinusoid;
+
+pub use learner::{MetaGradient, MetaLearner, Order};
+pub use mlp::Mlp;
+pub use sinusoid::{Sine, Sinusoid};
+
+use metasgd_kernels::Element;
+use ndarray::{Array2, ArrayD};
+
+/// A loss over parameter tensors, with its gradient and Hessian-vector product.
+///
+/// `Sync` so that the tasks of a meta-batch can run on several threads.
+pub trait Objective<A: Element>: Sync {
+    /// One task's data (a support or a query set).
+    type Batch: Sync;
+    /// Loss on `batch` and its gradient, one array per parameter tensor.
+    fn loss_grad(&self, params: &[ArrayD<A>], batch: &Self::Batch) -> (A, Vec<ArrayD<A>>);
+    /// Hessian of the loss on `batch` at `params`, times `v` (needed for second order).
+    fn hessian_vector(
+        &self,
+        params: &[ArrayD<A>],
+        batch: &Self::Batch,
+        v: &[ArrayD<A>],
+    ) -> Vec<ArrayD<A>>;
+}
+
+/// One task: the examples to adapt on and the examples to score the adaptation.
+#[derive(Clone, Debug)]
+pub struct Task<B> {
+    /// Adaptation examples.
+    pub support: B,
+    /// Evaluation examples.
+    pub query: B,
+}
+
+/// A regression batch: inputs `x` (rows are examples) and targets `y`.
+#[derive(Clone, Debug)]
+pub struct Regression<A> {
+    /// Inputs, one example per row.
+    pub x: Array2<A>,
+    /// Targets, one example per row.
+    pub y: Array2<A>,
+}

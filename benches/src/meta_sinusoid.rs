@@ -79,6 +79,25 @@ struct Args {
     out: PathBuf,
 }
 
+/// A number given to `flag`.
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{flag}: cannot read {v:?}"))
+}
+
+/// A comma-separated list given to `flag`.
+fn list<T>(
+    flag: &str,
+    v: &str,
+    each: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|s| each(s.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
 fn parse() -> Result<Args, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let quick = raw.iter().any(|a| a == "--quick");
@@ -97,73 +116,29 @@ fn parse() -> Result<Args, String> {
     let mut i = 0;
     while i < raw.len() {
         let flag = raw[i].as_str();
-        let value = || {
-            raw.get(i + 1)
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+        if flag == "--quick" {
+            i += 1;
+            continue;
+        }
+        let v = raw
+            .get(i + 1)
+            .ok_or_else(|| format!("{flag} needs a value"))?;
         match flag {
-            "--quick" => {}
-            "--shots" => {
-                a.shots = value()?
-                    .split(',')
-                    .map(|s| {
-                        s.trim()
-                            .parse()
-                            .map_err(|_| format!("bad shot count {s:?}"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                i += 1;
-            }
-            "--iterations" => {
-                a.iterations = value()?
-                    .parse()
-                    .map_err(|_| "bad --iterations".to_string())?;
-                i += 1;
-            }
-            "--methods" => {
-                a.methods = value()?
-                    .split(',')
-                    .map(|m| Method::parse(m.trim()))
-                    .collect::<Result<_, _>>()?;
-                i += 1;
-            }
+            "--shots" => a.shots = list(flag, v, |s| num(flag, s))?,
+            "--iterations" => a.iterations = num(flag, v)?,
+            "--methods" => a.methods = list(flag, v, Method::parse)?,
             "--freq" => {
-                let v = value()?;
                 let (lo, hi) = v.split_once(':').ok_or("--freq takes LO:HI")?;
-                a.freq = (
-                    lo.parse().map_err(|_| "bad --freq".to_string())?,
-                    hi.parse().map_err(|_| "bad --freq".to_string())?,
-                );
-                i += 1;
+                a.freq = (num(flag, lo)?, num(flag, hi)?);
             }
-            "--seed" => {
-                a.seed = value()?.parse().map_err(|_| "bad --seed".to_string())?;
-                i += 1;
-            }
-            "--threads" => {
-                a.threads = value()?.parse().map_err(|_| "bad --threads".to_string())?;
-                i += 1;
-            }
-            "--eval-tasks" => {
-                a.eval_tasks = value()?
-                    .parse()
-                    .map_err(|_| "bad --eval-tasks".to_string())?;
-                i += 1;
-            }
-            "--alpha-init" => {
-                a.alpha_init = value()?
-                    .parse()
-                    .map_err(|_| "bad --alpha-init".to_string())?;
-                i += 1;
-            }
-            "--out" => {
-                a.out = PathBuf::from(value()?);
-                i += 1;
-            }
+            "--seed" => a.seed = num(flag, v)?,
+            "--threads" => a.threads = num(flag, v)?,
+            "--eval-tasks" => a.eval_tasks = num(flag, v)?,
+            "--alpha-init" => a.alpha_init = num(flag, v)?,
+            "--out" => a.out = PathBuf::from(v),
             other => return Err(format!("unknown argument {other}")),
         }
-        i += 1;
+        i += 2;
     }
     if a.shots.is_empty()
         || a.shots.contains(&0)

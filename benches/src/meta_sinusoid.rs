@@ -86,16 +86,11 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag}: cannot read {v:?}"))
 }
 
-/// A comma-separated list given to `flag`.
-fn list<T>(
-    flag: &str,
-    v: &str,
-    each: impl Fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
+/// A comma-separated list.
+fn list<T>(v: &str, each: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     v.split(',')
         .map(|s| each(s.trim()))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{flag}: {e}"))
 }
 
 fn parse() -> Result<Args, String> {
@@ -124,9 +119,9 @@ fn parse() -> Result<Args, String> {
             .get(i + 1)
             .ok_or_else(|| format!("{flag} needs a value"))?;
         match flag {
-            "--shots" => a.shots = list(flag, v, |s| num(flag, s))?,
+            "--shots" => a.shots = list(v, |s| num(flag, s))?,
             "--iterations" => a.iterations = num(flag, v)?,
-            "--methods" => a.methods = list(flag, v, Method::parse)?,
+            "--methods" => a.methods = list(v, Method::parse)?,
             "--freq" => {
                 let (lo, hi) = v.split_once(':').ok_or("--freq takes LO:HI")?;
                 a.freq = (num(flag, lo)?, num(flag, hi)?);

@@ -3,10 +3,12 @@
 //! ```text
 //! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
+//! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun on 1-4 ranks, resharding
 //! ```
 
 mod bench;
 mod meta;
+mod mpi;
 mod plot;
 
 use std::path::{Path, PathBuf};
@@ -17,9 +19,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
         Some("meta") => meta::run(&args[1..]),
+        Some("mpi") => mpi::run_all(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask bench [--quick]\n       {}",
-            meta::USAGE
+            "usage: cargo xtask bench [--quick]\n       {}\n       {}",
+            meta::USAGE,
+            mpi::USAGE
         )),
     };
     match result {

@@ -140,7 +140,54 @@ impl<A: Element> MetaSGD<A> {
         })
     }
 
+    /// [`MetaSGD::state_bytes`] with extra `__metadata__` entries, for
+    /// formats built on this one (the sharded checkpoints of `metasgd-dist`
+    /// add the shard's place). The extra keys must not be the format's own.
+    pub fn state_bytes_with_metadata(&self, extra: &[(&str, String)]) -> Result<Vec<u8>> {
+        if let Some((k, _)) = extra.iter().find(|(k, _)| META_KEYS.contains(k)) {
+            return Err(Error::checkpoint(
+                format!("__metadata__.{k}"),
+                "is the format's own key",
+            ));
+        }
+        self.encode_with(extra)
+    }
+
+    /// [`MetaSGD::save_state`] with extra `__metadata__` entries (see
+    /// [`MetaSGD::state_bytes_with_metadata`]), written as atomically.
+    pub fn save_state_with_metadata(
+        &self,
+        path: impl AsRef<Path>,
+        extra: &[(&str, String)],
+    ) -> Result<()> {
+        let bytes = self.state_bytes_with_metadata(extra)?;
+        write_atomically(path.as_ref(), &bytes)
+    }
+
+    /// [`MetaSGD::from_state_bytes`] that also accepts the `__metadata__`
+    /// keys in `extra_keys` (required: each must be present) and returns them.
+    pub fn from_state_bytes_with_metadata(
+        bytes: &[u8],
+        extra_keys: &[&str],
+    ) -> Result<(Self, HashMap<String, String>)> {
+        let (state, extra) = decode_with(bytes, extra_keys)?;
+        Ok((state.into_optimizer()?, extra))
+    }
+
+    /// Replaces every slot's learning rates with `slots`, checked as a
+    /// checkpoint's are (each finite and `> 0`, or NaN, which training can
+    /// produce): for layered state such as a rank's shard.
+    pub fn with_state_slots(mut self, slots: Vec<ArrayD<A>>) -> Result<Self> {
+        check_slots(&slots)?;
+        self.slots = slots;
+        Ok(self)
+    }
+
     fn encode(&self) -> Result<Vec<u8>> {
+        self.encode_with(&[])
+    }
+
+    fn encode_with(&self, extra: &[(&str, String)]) -> Result<Vec<u8>> {
         let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(self.slots.len() + 6);
         for (j, alpha) in self.slots.iter().enumerate() {
             tensors.push((
@@ -160,7 +207,7 @@ impl<A: Element> MetaSGD<A> {
         ] {
             tensors.push((name.into(), Tensor::u64(v as u64)));
         }
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), "metasgd".to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
             ("dtype".to_string(), A::NAME.to_string()),
@@ -174,6 +221,7 @@ impl<A: Element> MetaSGD<A> {
             ),
             ("slots".to_string(), self.slots.len().to_string()),
         ]);
+        metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
             .map_err(|e| Error::checkpoint("file", format!("cannot encode: {e}")))
     }
@@ -201,18 +249,7 @@ impl<A: Element> State<A> {
                 format!("{lr:?} is not a valid learning rate (finite and > 0)"),
             ));
         }
-        for (j, alpha) in self.slots.iter().enumerate() {
-            if let Some((i, a)) = alpha
-                .iter()
-                .enumerate()
-                .find(|(_, a)| !(a.is_nan() || (a.is_finite() && **a > A::ZERO)))
-            {
-                return Err(Error::checkpoint(
-                    format!("alpha.{j}"),
-                    format!("element {i} is {a:?}; a learning rate is finite and > 0 (or NaN)"),
-                ));
-            }
-        }
+        check_slots(&self.slots)?;
         Ok(MetaSGD {
             base_lr: self.base_lr,
             last_valid_lr: self.last_valid_lr,
@@ -226,6 +263,33 @@ impl<A: Element> State<A> {
         })
     }
 }
+
+/// Every learning rate is NaN or finite and `> 0`.
+fn check_slots<A: Element>(slots: &[ArrayD<A>]) -> Result<()> {
+    for (j, alpha) in slots.iter().enumerate() {
+        if let Some((i, a)) = alpha
+            .iter()
+            .enumerate()
+            .find(|(_, a)| !(a.is_nan() || (a.is_finite() && **a > A::ZERO)))
+        {
+            return Err(Error::checkpoint(
+                format!("alpha.{j}"),
+                format!("element {i} is {a:?}; a learning rate is finite and > 0 (or NaN)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The format's own `__metadata__` keys.
+const META_KEYS: [&str; 6] = [
+    "format",
+    "format_version",
+    "dtype",
+    "non_finite",
+    "backend",
+    "slots",
+];
 
 /// One tensor to write: little-endian bytes.
 struct Tensor {
@@ -350,6 +414,13 @@ pub(crate) fn check_dtype<A: Element>(field: &str, found: &str) -> Result<()> {
 }
 
 fn decode<A: Element>(bytes: &[u8]) -> Result<State<A>> {
+    decode_with(bytes, &[]).map(|(state, _)| state)
+}
+
+fn decode_with<A: Element>(
+    bytes: &[u8],
+    extra_keys: &[&str],
+) -> Result<(State<A>, HashMap<String, String>)> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::checkpoint("file", format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes)
@@ -379,21 +450,18 @@ fn decode<A: Element>(bytes: &[u8]) -> Result<State<A>> {
             format!("{:?} is not a count", key("slots").unwrap_or_default()),
         )
     })?;
-    if let Some(extra) = meta.keys().find(|k| {
-        ![
-            "format",
-            "format_version",
-            "dtype",
-            "non_finite",
-            "backend",
-            "slots",
-        ]
-        .contains(&k.as_str())
-    }) {
+    if let Some(extra) = meta
+        .keys()
+        .find(|k| !META_KEYS.contains(&k.as_str()) && !extra_keys.contains(&k.as_str()))
+    {
         return Err(Error::checkpoint(
             format!("__metadata__.{extra}"),
             "unknown key",
         ));
+    }
+    let mut extra = HashMap::new();
+    for k in extra_keys {
+        extra.insert(k.to_string(), key(k)?.to_string());
     }
 
     // Exactly the expected tensors, none missing, none extra.
@@ -467,7 +535,7 @@ fn decode<A: Element>(bytes: &[u8]) -> Result<State<A>> {
         })?;
         alphas.push(alpha);
     }
-    Ok(State {
+    let state = State {
         base_lr: float("base_lr")?,
         last_valid_lr: names
             .contains("last_valid_lr")
@@ -480,7 +548,8 @@ fn decode<A: Element>(bytes: &[u8]) -> Result<State<A>> {
         slots: alphas,
         step_count: counter("step_count")?,
         skipped_steps: counter("skipped_steps")?,
-    })
+    };
+    Ok((state, extra))
 }
 
 fn dtype_error<A: Element>(name: &str, found: Dtype) -> Error {

@@ -64,6 +64,13 @@ pub enum Error {
         /// The value, widened to `f64`.
         value: f64,
     },
+    /// Another rank of a sharded optimizer refused the step (its own error
+    /// says why); nothing changed on any rank.
+    #[error("rank {rank} refused the step; nothing changed on any rank")]
+    PeerFailed {
+        /// The first rank that refused.
+        rank: usize,
+    },
     /// Reading or writing a checkpoint failed in the operating system.
     #[error("I/O error ({kind:?}): {message}")]
     Io {

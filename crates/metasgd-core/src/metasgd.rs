@@ -214,6 +214,14 @@ impl<A: Element> MetaSGD<A> {
         Ok(self)
     }
 
+    /// Counts a step that a caller coordinating several optimizers skipped
+    /// under [`NonFinitePolicy::Skip`] without calling this one (a sharded
+    /// optimizer whose non-finite gradient was on another rank), so that
+    /// [`MetaSGD::skipped_steps`] and checkpoints stay true.
+    pub fn record_skipped_step(&mut self) {
+        self.skipped_steps += 1;
+    }
+
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
     pub fn reset_per_param_lr(&mut self) {
         self.slots.clear();
@@ -221,6 +229,14 @@ impl<A: Element> MetaSGD<A> {
 
     pub(crate) fn config(&self) -> Config<A> {
         Config::new(self.alpha_lr, self.inner_steps)
+    }
+
+    /// Checks the hyperparameters and the backend as every step does
+    /// (`base_lr` finite and `> 0`, `alpha_lr` finite and `>= 0`, the
+    /// backend compiled in): lets a caller that coordinates several
+    /// optimizers (the sharded one) refuse a step before anything moves.
+    pub fn validate_settings(&self) -> Result<()> {
+        self.check_settings()
     }
 
     /// The hyperparameters and the backend, checked before every step.

@@ -35,7 +35,7 @@ pub(crate) mod sealed {
 /// The clamp bounds are `A::from(1e-8)` and `A::from(10.0)`, converted from
 /// `f64` exactly as `num_traits::NumCast` does, so the `f32` bounds are the
 /// rounded `f32` values.
-pub trait Element: Float + Debug + Send + Sync + 'static + sealed::Sealed {
+pub trait Element: Float + Debug + Send + Sync + bytemuck::Pod + 'static + sealed::Sealed {
     /// Lower clamp bound of the per-parameter learning rate.
     const LO: Self;
     /// Upper clamp bound of the per-parameter learning rate.

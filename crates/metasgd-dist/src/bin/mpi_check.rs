@@ -1,0 +1,315 @@
+//! `mpi-check`: the sharded optimizer on MPI ranks against one process,
+//! run by `cargo xtask mpi` under `mpirun`.
+//!
+//! ```text
+//! mpirun -n R mpi-check run --elements N --steps S
+//! mpirun -n R1 mpi-check reshard-save   --dir D --steps S1
+//! mpirun -n R2 mpi-check reshard-resume --dir D --from R1 --steps S1 --total S
+//! ```
+//!
+//! Every rank derives its local gradients from (rank, step), so every rank
+//! can also compute the one-process reference (sum in rank order, divide,
+//! `step_list_inplace`) and count the elements where the sharded result
+//! differs. Rank 0 prints one line per run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
+use metasgd_dist::{Collective, MpiCollective, ShardedMetaSGD};
+use metasgd_kernels::{Element, testdata};
+use ndarray::{ArrayD, IxDyn};
+
+/// Tensors of every awkward kind around one large one: `elements` in all.
+fn shapes(elements: usize) -> Vec<Vec<usize>> {
+    let small = vec![vec![3, 5], vec![], vec![0, 4], vec![2], vec![1, 1, 3]];
+    let rest: usize = small.iter().map(|s| s.iter().product::<usize>()).sum();
+    let mut v = vec![vec![elements.saturating_sub(rest)]];
+    v.extend(small);
+    v
+}
+
+/// Rank `rank`'s gradients at `step`; `nan` poisons one element.
+fn grads<A: Element>(
+    shapes: &[Vec<usize>],
+    rank: usize,
+    step: usize,
+    nan: Option<(usize, usize)>,
+) -> Vec<ArrayD<A>> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let n: usize = s.iter().product();
+            let seed = ((rank * 10_000 + step) * 16 + j) as u64;
+            let mut v: Vec<A> = testdata::values(n, seed, 0);
+            if nan == Some((rank, j)) && n > 0 {
+                v[n / 2] = A::nan();
+            }
+            ArrayD::from_shape_vec(IxDyn(s), v).expect("shape")
+        })
+        .collect()
+}
+
+fn init<A: Element>(shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
+    grads::<A>(shapes, 99_999, 0, None)
+}
+
+fn template<A: Element>(policy: NonFinitePolicy) -> MetaSGD<A> {
+    MetaSGD::new(A::from(0.01).unwrap_or(A::ZERO))
+        .with_alpha_lr(A::from(0.1).unwrap_or(A::ZERO))
+        .with_non_finite(policy)
+}
+
+/// The one-process run: `ranks_at(step)` ranks' gradients averaged per step.
+fn reference<A: Element>(
+    shapes: &[Vec<usize>],
+    steps: std::ops::Range<usize>,
+    ranks_at: impl Fn(usize) -> usize,
+    params: &mut [ArrayD<A>],
+    opt: &mut MetaSGD<A>,
+    nan: Option<(usize, usize, usize)>,
+) -> Vec<Result<(), Error>>
+where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    steps
+        .map(|step| {
+            let ranks = ranks_at(step);
+            let poison = nan.filter(|p| p.0 == step).map(|p| (p.1, p.2));
+            let mut sum = grads::<A>(shapes, 0, step, poison);
+            for r in 1..ranks {
+                for (s, g) in sum.iter_mut().zip(grads::<A>(shapes, r, step, poison)) {
+                    s.zip_mut_with(&g, |s, &g| *s = *s + g);
+                }
+            }
+            let n = A::from(ranks).unwrap_or(A::one());
+            let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
+            let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+            let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
+            opt.step_list_inplace(&mut views, &gv)
+        })
+        .collect()
+}
+
+fn differing<A: Element>(a: &[ArrayD<A>], b: &[ArrayD<A>]) -> u64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .filter(|(u, v)| u.bits() != v.bits())
+                .count() as u64
+        })
+        .sum()
+}
+
+fn rates<A: Element>(opt: &MetaSGD<A>, shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
+    if opt.per_param_lrs().is_empty() {
+        shapes
+            .iter()
+            .map(|s| ArrayD::from_elem(IxDyn(s), opt.get_base_lr()))
+            .collect()
+    } else {
+        opt.per_param_lrs().to_vec()
+    }
+}
+
+/// Runs `steps` sharded steps (timing them), compares with the reference;
+/// returns (mismatches on this rank, median step ms, alpha bytes).
+fn run_case<A: Element>(
+    comm: MpiCollective,
+    shapes: &[Vec<usize>],
+    steps: usize,
+    policy: NonFinitePolicy,
+    nan: Option<(usize, usize, usize)>,
+    bucket: usize,
+) -> (u64, f64, usize, MpiCollective)
+where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let mut sharded = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
+        .expect("same shapes on every rank")
+        .with_bucket_elements(bucket);
+    let mut params = init::<A>(shapes);
+    let mut times = Vec::with_capacity(steps);
+    let mut results = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let poison = nan.filter(|p| p.0 == step).map(|p| (p.1, p.2));
+        let g = grads::<A>(shapes, rank, step, poison);
+        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+        let gv: Vec<_> = g.iter().map(|g| g.view()).collect();
+        let start = Instant::now();
+        results.push(sharded.step(&mut views, &gv));
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let alphas = sharded.gather_alphas();
+    let mut ref_params = init::<A>(shapes);
+    let mut ref_opt = template::<A>(policy);
+    let want = reference(
+        shapes,
+        0..steps,
+        |_| ranks,
+        &mut ref_params,
+        &mut ref_opt,
+        nan,
+    );
+    let mut mismatches =
+        differing(&params, &ref_params) + differing(&alphas, &rates(&ref_opt, shapes));
+    mismatches += results.iter().zip(&want).filter(|(a, b)| a != b).count() as u64;
+    mismatches += u64::from(sharded.get_step_count() != ref_opt.get_step_count());
+    mismatches += u64::from(sharded.skipped_steps() != ref_opt.skipped_steps());
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    let bytes = sharded.alpha_bytes();
+    (mismatches, median, bytes, sharded.into_collective())
+}
+
+fn arg(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn num(args: &[String], flag: &str, default: usize) -> usize {
+    arg(args, flag)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let universe = mpi::initialize().expect("MPI initialises once");
+    let comm = MpiCollective::new(universe.world());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (rank, ranks) = (comm.rank(), comm.size());
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let elements = num(&args, "--elements", 1 << 20);
+            let steps = num(&args, "--steps", 20);
+            let shapes = shapes(elements);
+            let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+            // The timed case (f32, default policy, default buckets), then every
+            // policy with a NaN on the last rank's gradient, f64 in buckets of
+            // 16 elements and f32 in one, on small tensors.
+            let (mut bad, ms, bytes, comm) = run_case::<f32>(
+                comm,
+                &shapes,
+                steps,
+                NonFinitePolicy::Propagate,
+                None,
+                metasgd_dist::BUCKET_ELEMENTS,
+            );
+            let small = self::shapes(103);
+            let mut comm = comm;
+            for policy in [
+                NonFinitePolicy::Propagate,
+                NonFinitePolicy::Skip,
+                NonFinitePolicy::Error,
+            ] {
+                let nan = Some((1, ranks - 1, 0));
+                let (b, _, _, c) = run_case::<f64>(comm, &small, 3, policy, nan, 16);
+                bad += b;
+                let (b, _, _, c) = run_case::<f32>(c, &small, 3, policy, nan, usize::MAX);
+                bad += b;
+                comm = c;
+            }
+            let all: u64 = comm.all_gather_u64(bad).into_iter().sum();
+            if rank == 0 {
+                println!(
+                    "ranks={ranks} elements={total} steps={steps} mismatches={all} alpha_bytes_per_rank={bytes} step_ms={ms:.3}"
+                );
+            }
+        }
+        Some("reshard-save") => {
+            let dir = PathBuf::from(arg(&args, "--dir").expect("--dir"));
+            let steps = num(&args, "--steps", 3);
+            let shapes = shapes(num(&args, "--elements", 1000));
+            let mut sharded =
+                ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
+                    .expect("shapes");
+            let mut params = init::<f32>(&shapes);
+            for step in 0..steps {
+                let g = grads::<f32>(&shapes, rank, step, None);
+                let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+                sharded
+                    .step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                    .expect("step");
+            }
+            sharded.save_state(&dir).expect("save");
+            if rank == 0 {
+                // The model is the caller's to keep: every rank holds it; rank 0 writes it.
+                let bytes: Vec<u8> = params
+                    .iter()
+                    .flat_map(|p| p.iter().flat_map(|v| v.to_le_bytes()))
+                    .collect();
+                std::fs::write(dir.join("params.bin"), bytes).expect("write params");
+            }
+        }
+        Some("reshard-resume") => {
+            let dir = PathBuf::from(arg(&args, "--dir").expect("--dir"));
+            let from = num(&args, "--from", 1);
+            let first = num(&args, "--steps", 3);
+            let total = num(&args, "--total", 6);
+            let shapes = shapes(num(&args, "--elements", 1000));
+            let raw = std::fs::read(dir.join("params.bin")).expect("params.bin");
+            let flat: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            let mut at = 0;
+            let mut params: Vec<ArrayD<f32>> = shapes
+                .iter()
+                .map(|s| {
+                    let n: usize = s.iter().product();
+                    let a =
+                        ArrayD::from_shape_vec(IxDyn(s), flat[at..at + n].to_vec()).expect("shape");
+                    at += n;
+                    a
+                })
+                .collect();
+            let mut sharded = match ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes.clone())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("rank {rank}: cannot load: {e}");
+                    std::process::exit(1);
+                }
+            };
+            for step in first..total {
+                let g = grads::<f32>(&shapes, rank, step, None);
+                let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+                sharded
+                    .step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                    .expect("step");
+            }
+            let alphas = sharded.gather_alphas();
+            let mut ref_params = init::<f32>(&shapes);
+            let mut ref_opt = template::<f32>(NonFinitePolicy::Skip);
+            reference(
+                &shapes,
+                0..total,
+                |s| if s < first { from } else { ranks },
+                &mut ref_params,
+                &mut ref_opt,
+                None,
+            );
+            let mut bad =
+                differing(&params, &ref_params) + differing(&alphas, &rates(&ref_opt, &shapes));
+            bad += u64::from(sharded.get_step_count() != ref_opt.get_step_count());
+            let all: u64 = sharded.collective().all_gather_u64(bad).into_iter().sum();
+            if rank == 0 {
+                println!("reshard from={from} to={ranks} mismatches={all}");
+            }
+        }
+        _ => {
+            if rank == 0 {
+                eprintln!(
+                    "usage: mpi-check (run [--elements N] [--steps S] | reshard-save --dir D [--steps S] | reshard-resume --dir D --from R --steps S --total T)"
+                );
+            }
+            std::process::exit(2);
+        }
+    }
+}

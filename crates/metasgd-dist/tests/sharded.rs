@@ -1,0 +1,417 @@
+//! The sharded optimizer on thread-backed ranks against one process that
+//! sums the ranks' gradients in rank order, divides, and steps a MetaSGD:
+//! bit for bit, for every rank count, tensor size, dtype and policy.
+
+use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
+use metasgd_dist::{Collective, ShardedMetaSGD, ThreadCollective, ThreadGroup};
+use metasgd_kernels::{Element, testdata};
+use ndarray::{ArrayD, IxDyn};
+
+/// Rank `rank`'s local gradients at `step`; `poison` puts a NaN at one
+/// element of one rank's gradient.
+fn grads<A: Element>(
+    shapes: &[Vec<usize>],
+    rank: usize,
+    step: usize,
+    poison: Option<(usize, usize, usize)>,
+) -> Vec<ArrayD<A>> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let n: usize = s.iter().product();
+            let seed = ((rank * 1000 + step) * 100 + j) as u64;
+            let mut v: Vec<A> = testdata::values(n, seed, 0);
+            if let Some((r, pj, pi)) = poison
+                && r == rank
+                && pj == j
+                && pi < n
+            {
+                v[pi] = A::nan();
+            }
+            ArrayD::from_shape_vec(IxDyn(s), v).unwrap()
+        })
+        .collect()
+}
+
+fn init<A: Element>(shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let n: usize = s.iter().product();
+            ArrayD::from_shape_vec(IxDyn(s), testdata::values(n, 7_777_777 + j as u64, 0)).unwrap()
+        })
+        .collect()
+}
+
+fn template<A: Element>(policy: NonFinitePolicy) -> MetaSGD<A> {
+    MetaSGD::new(A::from(0.05).unwrap())
+        .with_alpha_lr(A::from(0.3).unwrap())
+        .with_inner_steps(3)
+        .with_non_finite(policy)
+}
+
+fn bits<A: Element>(v: &[ArrayD<A>]) -> Vec<u64> {
+    v.iter().flat_map(|a| a.iter().map(|x| x.bits())).collect()
+}
+
+/// Final parameters, the optimizer, and each step's result.
+type Outcome<A> = (Vec<ArrayD<A>>, MetaSGD<A>, Vec<Result<(), Error>>);
+
+/// One process: sum in rank order, divide, step_list_inplace.
+fn reference<A: Element>(
+    shapes: &[Vec<usize>],
+    ranks: usize,
+    steps: usize,
+    policy: NonFinitePolicy,
+    poison: Option<(usize, usize, usize, usize)>,
+) -> Outcome<A>
+where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    let mut params = init::<A>(shapes);
+    let mut opt = template::<A>(policy);
+    let mut results = Vec::new();
+    for step in 0..steps {
+        let p = poison.filter(|p| p.0 == step).map(|p| (p.1, p.2, p.3));
+        let mut sum = grads::<A>(shapes, 0, step, p);
+        for r in 1..ranks {
+            for (s, g) in sum.iter_mut().zip(grads::<A>(shapes, r, step, p)) {
+                s.zip_mut_with(&g, |s, &g| *s = *s + g);
+            }
+        }
+        let n = A::from(ranks).unwrap();
+        let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
+        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+        let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
+        results.push(opt.step_list_inplace(&mut views, &gv));
+    }
+    (params, opt, results)
+}
+
+/// Runs `body` on every rank of a thread group, returning the ranks' results in order.
+fn on_ranks<T: Send>(ranks: usize, body: impl Fn(ThreadCollective) -> T + Sync) -> Vec<T> {
+    let group = ThreadGroup::new(ranks).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = group.into_iter().map(|c| s.spawn(|| body(c))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn check<A: Element>(
+    shapes: &[Vec<usize>],
+    ranks: usize,
+    policy: NonFinitePolicy,
+    poison: Option<(usize, usize, usize, usize)>,
+) where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    // One bucket per call, and buckets of a few elements (many calls per step).
+    check_buckets::<A>(shapes, ranks, policy, poison, usize::MAX);
+    check_buckets::<A>(shapes, ranks, policy, poison, 3 * ranks);
+}
+
+fn check_buckets<A: Element>(
+    shapes: &[Vec<usize>],
+    ranks: usize,
+    policy: NonFinitePolicy,
+    poison: Option<(usize, usize, usize, usize)>,
+    bucket: usize,
+) where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    let steps = 4;
+    let (want_params, want_opt, want_results) =
+        reference::<A>(shapes, ranks, steps, policy, poison);
+    let got = on_ranks(ranks, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
+            .unwrap()
+            .with_bucket_elements(bucket);
+        let mut params = init::<A>(shapes);
+        let mut results = Vec::new();
+        for step in 0..steps {
+            let p = poison.filter(|p| p.0 == step).map(|p| (p.1, p.2, p.3));
+            let g = grads::<A>(shapes, rank, step, p);
+            let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+            let gv: Vec<_> = g.iter().map(|g| g.view()).collect();
+            results.push(opt.step(&mut views, &gv));
+        }
+        let alphas = opt.gather_alphas();
+        (
+            bits(&params),
+            bits(&alphas),
+            opt.get_step_count(),
+            opt.skipped_steps(),
+            results,
+        )
+    });
+    let want_alphas: Vec<ArrayD<A>> = if want_opt.per_param_lrs().is_empty() {
+        shapes
+            .iter()
+            .map(|s| ArrayD::from_elem(IxDyn(s), want_opt.get_base_lr()))
+            .collect()
+    } else {
+        want_opt.per_param_lrs().to_vec()
+    };
+    let what = format!(
+        "{} ranks={ranks} shapes={shapes:?} {policy:?} poison={poison:?} bucket={bucket}",
+        A::NAME
+    );
+    for (rank, (p, a, steps_done, skipped, results)) in got.into_iter().enumerate() {
+        assert_eq!(p, bits(&want_params), "params, rank {rank}, {what}");
+        assert_eq!(a, bits(&want_alphas), "alphas, rank {rank}, {what}");
+        assert_eq!(
+            (steps_done, skipped),
+            (want_opt.get_step_count(), want_opt.skipped_steps()),
+            "counters, {what}"
+        );
+        assert_eq!(results, want_results, "results, rank {rank}, {what}");
+    }
+}
+
+fn shape_sets() -> Vec<Vec<Vec<usize>>> {
+    vec![
+        vec![vec![7, 5], vec![3], vec![], vec![0, 4], vec![2, 1, 3]],
+        vec![vec![1]],
+        vec![vec![], vec![]],
+        vec![vec![0]],
+        vec![vec![1000], vec![17]],
+    ]
+}
+
+#[test]
+fn bitwise_equal_to_one_process() {
+    for ranks in 1..=5 {
+        for shapes in shape_sets() {
+            check::<f32>(&shapes, ranks, NonFinitePolicy::Propagate, None);
+            check::<f64>(&shapes, ranks, NonFinitePolicy::Propagate, None);
+        }
+    }
+}
+
+#[test]
+fn policies_agree_across_ranks() {
+    let shapes = vec![vec![7, 5], vec![3], vec![], vec![2, 1, 3]];
+    for ranks in [1, 2, 3, 4] {
+        for policy in [
+            NonFinitePolicy::Propagate,
+            NonFinitePolicy::Skip,
+            NonFinitePolicy::Error,
+        ] {
+            // A NaN on the last rank, in the last tensor, at step 1: it lands in
+            // one rank's shard; every rank must skip or fail alike.
+            check::<f32>(&shapes, ranks, policy, Some((1, ranks - 1, 3, 4)));
+            check::<f64>(&shapes, ranks, policy, Some((2, 0, 0, 33)));
+        }
+    }
+}
+
+#[test]
+fn a_bad_input_on_one_rank_fails_every_rank_and_changes_nothing() {
+    let shapes = vec![vec![4, 3], vec![5]];
+    let out = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedMetaSGD::new(
+            comm,
+            template::<f32>(NonFinitePolicy::Propagate),
+            shapes.clone(),
+        )
+        .unwrap();
+        let mut params = init::<f32>(&shapes);
+        let before = bits(&params);
+        let mut g = grads::<f32>(&shapes, rank, 0, None);
+        if rank == 1 {
+            g[1] = ArrayD::zeros(IxDyn(&[6]));
+        }
+        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+        let gv: Vec<_> = g.iter().map(|g| g.view()).collect();
+        let r = opt.step(&mut views, &gv);
+        let alphas = opt.gather_alphas();
+        (
+            r,
+            bits(&params) == before,
+            opt.get_step_count(),
+            alphas.iter().all(|a| a.iter().all(|&x| x == 0.05)),
+        )
+    });
+    for (rank, (r, unchanged, steps, fresh)) in out.into_iter().enumerate() {
+        assert!(unchanged && steps == 0 && fresh, "rank {rank}");
+        match (rank, r) {
+            (1, Err(Error::ShapeMismatch { slot: 1, .. })) => {}
+            (1, other) => panic!("rank 1: {other:?}"),
+            (_, Err(Error::PeerFailed { rank: 1 })) => {}
+            (_, other) => panic!("rank {rank}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn memory_is_split() {
+    let shapes = vec![vec![1000, 10], vec![10]];
+    let sizes = on_ranks(4, |comm| {
+        let opt = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+        opt.alpha_bytes()
+    });
+    assert_eq!(sizes, vec![4 * 2503; 4]);
+}
+
+/// Saves on `from` ranks after `first` steps, loads on `to` ranks, runs the
+/// rest: equal to the one-process run over the same averaged gradients.
+fn reshard<A: Element>(from: usize, to: usize, policy: NonFinitePolicy)
+where
+    MetaSGD<A>: Optimizer<A, IxDyn>,
+{
+    let shapes = vec![vec![7, 5], vec![3], vec![], vec![0, 4], vec![2, 1, 3]];
+    let dir = std::env::temp_dir().join(format!(
+        "metasgd-reshard-{}-{from}-{to}-{}",
+        std::process::id(),
+        A::NAME
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, total) = (2, 5);
+    // The reference: steps 0..first averaged over `from` ranks, then over `to`.
+    let mut params = init::<A>(&shapes);
+    let mut opt = template::<A>(policy);
+    for step in 0..total {
+        let ranks = if step < first { from } else { to };
+        let mut sum = grads::<A>(&shapes, 0, step, None);
+        for r in 1..ranks {
+            for (s, g) in sum.iter_mut().zip(grads::<A>(&shapes, r, step, None)) {
+                s.zip_mut_with(&g, |s, &g| *s = *s + g);
+            }
+        }
+        let n = A::from(ranks).unwrap();
+        let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
+        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+        let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
+        opt.step_list_inplace(&mut views, &gv).unwrap();
+    }
+    let mid = on_ranks(from, |comm| {
+        let rank = comm.rank();
+        let mut o = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.clone()).unwrap();
+        let mut p = init::<A>(&shapes);
+        for step in 0..first {
+            let g = grads::<A>(&shapes, rank, step, None);
+            let mut views: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+            o.step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                .unwrap();
+        }
+        o.save_state(&dir).unwrap();
+        p
+    });
+    let got = on_ranks(to, |comm| {
+        let rank = comm.rank();
+        let mut o = ShardedMetaSGD::<A, _>::load_state(comm, &dir, shapes.clone()).unwrap();
+        let mut p = mid[0].clone();
+        for step in first..total {
+            let g = grads::<A>(&shapes, rank, step, None);
+            let mut views: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+            o.step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                .unwrap();
+        }
+        (bits(&p), bits(&o.gather_alphas()), o.get_step_count())
+    });
+    for (rank, (p, a, steps)) in got.into_iter().enumerate() {
+        assert_eq!(p, bits(&params), "params, {from} -> {to}, rank {rank}");
+        assert_eq!(
+            a,
+            bits(opt.per_param_lrs()),
+            "alphas, {from} -> {to}, rank {rank}"
+        );
+        assert_eq!(steps, total);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_reshard() {
+    for (from, to) in [(4, 2), (2, 3), (1, 4), (3, 1), (5, 5)] {
+        reshard::<f32>(from, to, NonFinitePolicy::Propagate);
+        reshard::<f64>(from, to, NonFinitePolicy::Skip);
+    }
+}
+
+#[test]
+fn loading_needs_every_shard() {
+    let shapes = vec![vec![40]];
+    let dir = std::env::temp_dir().join(format!("metasgd-missing-shard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+        let mut p = init::<f32>(&shapes);
+        let g = grads::<f32>(&shapes, rank, 0, None);
+        let mut views: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+        o.step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+            .unwrap();
+        o.save_state(&dir).unwrap();
+    });
+    std::fs::remove_file(dir.join("shard-00001-of-00003.safetensors")).unwrap();
+    let errs = on_ranks(2, |comm| {
+        ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes.clone()).err()
+    });
+    assert!(errs.iter().all(Option::is_some), "{errs:?}");
+    // Wrong shapes are refused too.
+    let errs = on_ranks(1, |comm| {
+        ShardedMetaSGD::<f32, _>::load_state(comm, &dir, vec![vec![41]]).err()
+    });
+    assert!(errs[0].is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn saving_on_another_rank_count_replaces_the_old_set() {
+    let shapes = vec![vec![30], vec![4]];
+    let base = std::env::temp_dir().join(format!("metasgd-sets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let train = |ranks: usize, steps: usize, dir: &std::path::Path| {
+        on_ranks(ranks, |comm| {
+            let rank = comm.rank();
+            let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+            let mut p = init::<f32>(&shapes);
+            for step in 0..steps {
+                let g = grads::<f32>(&shapes, rank, step, None);
+                let mut views: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+                o.step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                    .unwrap();
+            }
+            o.save_state(dir).unwrap();
+        });
+    };
+    let files = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    train(3, 1, &a);
+    train(2, 2, &a);
+    assert_eq!(
+        files(&a),
+        [
+            "shard-00000-of-00002.safetensors",
+            "shard-00001-of-00002.safetensors"
+        ]
+    );
+    // An interrupted save can leave two complete sets: the one with more steps loads.
+    train(3, 1, &b);
+    for f in files(&a) {
+        std::fs::copy(a.join(&f), b.join(&f)).unwrap();
+    }
+    let steps = on_ranks(2, |comm| {
+        ShardedMetaSGD::<f32, _>::load_state(comm, &b, shapes.clone())
+            .unwrap()
+            .get_step_count()
+    });
+    assert_eq!(steps, vec![2, 2]);
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -1,0 +1,197 @@
+//! `cargo xtask mpi`: builds `mpi-check` with the `mpi` feature and runs it
+//! under `mpirun` on 1, 2, 3 and 4 ranks, then resharding 4 -> 2 and
+//! 2 -> 3; prints one line per run and fails on any mismatch. Then runs the
+//! `train_mpi` example on 2 ranks and resumes it on 3.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{project_root, target_dir};
+
+const INSTALL: &str =
+    "install MPI and libclang first: apt-get install libopenmpi-dev openmpi-bin libclang-dev";
+
+pub(crate) const USAGE: &str = "cargo xtask mpi [--elements N] [--steps S]";
+
+fn value(args: &[String], flag: &str, default: usize) -> Result<usize, String> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number")),
+    }
+}
+
+fn found(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `mpirun` with the flags this machine needs: `--oversubscribe` (more ranks
+/// than cores) and, as root, `--allow-run-as-root`.
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["--oversubscribe", "-n", &ranks.to_string()]);
+    cmd
+}
+
+/// Runs `cmd` and returns its standard output, printing the lines that start with `prefix`.
+fn run(mut cmd: Command, prefix: &str) -> Result<Vec<String>, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    if lines.is_empty() {
+        return Err(format!("{cmd:?} printed no {prefix:?} line"));
+    }
+    Ok(lines)
+}
+
+fn mismatches(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("mismatches="))
+        .and_then(|v| v.parse().ok())
+}
+
+pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: {USAGE}");
+        return Ok(());
+    }
+    let elements = value(args, "--elements", 1 << 20)?;
+    let steps = value(args, "--steps", 20)?;
+    if !found("mpirun") {
+        return Err(format!("mpirun not found; {INSTALL}"));
+    }
+    let root = project_root();
+    let target = target_dir(&root)?;
+    println!("[xtask] building mpi-check (release, --features mpi)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "metasgd-dist",
+            "--features",
+            "mpi",
+            "--bin",
+            "mpi-check",
+        ])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building mpi-check failed ({status}); {INSTALL}"));
+    }
+    let bin: PathBuf = target
+        .join("release")
+        .join(format!("mpi-check{}", std::env::consts::EXE_SUFFIX));
+    let mut lines = Vec::new();
+    for ranks in 1..=4 {
+        let mut cmd = mpirun(ranks);
+        cmd.arg(&bin).args([
+            "run",
+            "--elements",
+            &elements.to_string(),
+            "--steps",
+            &steps.to_string(),
+        ]);
+        lines.extend(run(cmd, "ranks=")?);
+    }
+    for (from, to) in [(4, 2), (2, 3)] {
+        let dir = target
+            .join("xtask-mpi")
+            .join(format!("reshard-{from}-{to}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let first = 3;
+        let total = 6;
+        let mut save = mpirun(from);
+        save.arg(&bin)
+            .arg("reshard-save")
+            .args(dir_args(&dir))
+            .args(["--steps", &first.to_string()]);
+        run_quiet(save)?;
+        let mut resume = mpirun(to);
+        resume
+            .arg(&bin)
+            .arg("reshard-resume")
+            .args(dir_args(&dir))
+            .args([
+                "--from",
+                &from.to_string(),
+                "--steps",
+                &first.to_string(),
+                "--total",
+                &total.to_string(),
+            ]);
+        lines.extend(run(resume, "reshard ")?);
+    }
+    // The README's training example: 2 ranks, then resumed on 3.
+    let example = target
+        .join("release")
+        .join("examples")
+        .join(format!("train_mpi{}", std::env::consts::EXE_SUFFIX));
+    let dir = target.join("xtask-mpi").join("train");
+    let _ = std::fs::remove_dir_all(&dir);
+    for (ranks, steps) in [(2, "100"), (3, "150")] {
+        let mut cmd = mpirun(ranks);
+        cmd.arg(&example).arg(&dir).arg(steps);
+        run(cmd, &format!("{ranks} ranks:"))?;
+    }
+    let bad: Vec<&String> = lines.iter().filter(|l| mismatches(l) != Some(0)).collect();
+    if bad.is_empty() {
+        println!(
+            "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks and across resharding"
+        );
+        Ok(())
+    } else {
+        Err(format!("mismatches: {bad:?}"))
+    }
+}
+
+fn dir_args(dir: &Path) -> [String; 2] {
+    ["--dir".to_string(), dir.display().to_string()]
+}
+
+fn run_quiet(mut cmd: Command) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

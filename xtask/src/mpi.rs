@@ -90,7 +90,7 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
     }
     let root = project_root();
     let target = target_dir(&root)?;
-    println!("[xtask] building mpi-check (release, --features mpi)");
+    println!("[xtask] building mpi-check and the train_mpi example (release, --features mpi)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -103,6 +103,8 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
             "mpi",
             "--bin",
             "mpi-check",
+            "--example",
+            "train_mpi",
         ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;

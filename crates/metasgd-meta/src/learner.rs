@@ -54,7 +54,7 @@ pub struct MetaLearner<A: Element> {
 }
 
 fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
-    v.iter().map(|a| ArrayD::zeros(a.raw_dim())).collect()
+    v.iter().map(zeros_of).collect()
 }
 
 /// The elements of `a` in logical (row-major) order, borrowed when it is
@@ -66,9 +66,9 @@ fn flat<A: Element>(a: &ArrayD<A>) -> Cow<'_, [A]> {
     }
 }
 
-/// A row-major array of `shape`'s shape (our own arrays always are).
-fn standard<A: Element>(shape: &ArrayD<A>) -> ArrayD<A> {
-    ArrayD::zeros(shape.raw_dim())
+/// Zeros of `like`'s shape, row-major (so `slice_mut` applies).
+fn zeros_of<A: Element>(like: &ArrayD<A>) -> ArrayD<A> {
+    ArrayD::zeros(like.raw_dim())
 }
 
 fn slice_mut<A: Element>(a: &mut ArrayD<A>) -> &mut [A] {
@@ -180,7 +180,7 @@ impl<A: Element> MetaLearner<A> {
             .zip(&self.alpha)
             .zip(g)
             .map(|((t, a), g)| {
-                let mut out = standard(t);
+                let mut out = zeros_of(t);
                 meta::adapt(slice_mut(&mut out), &flat(t), &flat(a), &flat(g));
                 out
             })
@@ -245,7 +245,7 @@ impl<A: Element> MetaLearner<A> {
                     .iter()
                     .zip(&lambda)
                     .map(|(a, l)| {
-                        let mut out = standard(a);
+                        let mut out = zeros_of(a);
                         meta::mul(slice_mut(&mut out), &flat(a), &flat(l));
                         out
                     })

@@ -147,9 +147,14 @@ impl Mlp {
         Tape { inputs, pre }
     }
 
+    /// `2 / N`: the mean squared error's derivative is `(out - y)` times it.
+    fn delta_scale<A: Element>(out: &Array2<A>) -> A {
+        A::from(2.0).unwrap_or(A::ZERO) / A::from(out.len().max(1)).unwrap_or(A::one())
+    }
+
     /// `2 (out - y) / N`, the loss's derivative with respect to the output.
     fn output_delta<A: Element>(out: &Array2<A>, y: &Array2<A>) -> Array2<A> {
-        let scale = A::from(2.0).unwrap_or(A::ZERO) / A::from(out.len().max(1)).unwrap_or(A::one());
+        let scale = Self::delta_scale(out);
         let mut d = out - y;
         d.mapv_inplace(|e| e * scale);
         d
@@ -206,7 +211,7 @@ impl<A: Element> Objective<A> for Mlp {
         // Backward pass and its R-pass together.
         let out = tape.pre.last().expect("at least one layer");
         let mut delta = Self::output_delta(out, &batch.y);
-        let scale = A::from(2.0).unwrap_or(A::ZERO) / A::from(out.len().max(1)).unwrap_or(A::one());
+        let scale = Self::delta_scale(out);
         let mut r_delta = r_pre[layers - 1].mapv(|e| e * scale);
         let mut hv = vec![ArrayD::zeros(IxDyn(&[])); params.len()];
         for l in (0..layers).rev() {

@@ -315,3 +315,29 @@ fn long_lists_in_one_parallel_pass() {
         assert_eq!(run(threads, Kernel::Parallel), want, "{threads} threads");
     }
 }
+
+/// Calls past the prefetch floor (three streams over 32 MiB) take the loop
+/// with software prefetch; it must compute the same bits.
+#[test]
+fn large_calls_take_the_prefetching_loop() {
+    let n = 3 << 20; // 3M f32 elements: 36 MiB across theta, g and alpha
+    let (t, g) = (filled::<f32>(n, 21), filled::<f32>(n, 22));
+    let a: Vec<f32> = filled::<f32>(n, 23).iter().map(|x| x.abs()).collect();
+    let cfg = Config::new(0.01, 5);
+    let (mut t_ref, mut a_ref) = (t.clone(), a.clone());
+    scalar::step(
+        Update::new(Theta::InPlace(&mut t_ref), &mut a_ref, &g),
+        &cfg,
+    );
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for (name, run) in runners::<f32>() {
+        let (mut tt, mut aa) = (t.clone(), a.clone());
+        // One thread: the parallel kernel runs the call whole, past the floor.
+        one.install(|| run(Update::new(Theta::InPlace(&mut tt), &mut aa, &g), &cfg));
+        assert!(bits(&tt) == bits(&t_ref), "{name}: theta");
+        assert!(bits(&aa) == bits(&a_ref), "{name}: alpha");
+    }
+}

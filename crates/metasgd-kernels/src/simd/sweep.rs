@@ -24,11 +24,15 @@ pub(crate) trait Lanewise<A: Element>: Copy {
 /// kept for cores whose prefetchers fall behind the loop.
 pub(crate) const PREFETCH_BYTES: usize = 2048;
 
-/// Calls smaller than this (all streams together) run the loop without
-/// prefetch: their data is in cache, where a prefetch only costs
-/// instructions. Prefetching every call made f32 at 1M elements on 2 threads
-/// (64K-element chunks) drop from 0.86 to 0.69 of the roofline.
-const PREFETCH_MIN_BYTES: usize = 1 << 20;
+/// Calls smaller than this (all streams together: the 32 MiB L3 of the
+/// machines we measure on) run the loop without prefetch: their data comes
+/// from cache, where a prefetch only costs instructions. Measured with
+/// `kernel-compare table --sizes 20,24 --rows-only`: prefetching every call
+/// made f32 at 1M elements on 2 threads drop from 0.86 to 0.69 of the
+/// roofline; a 1 MiB floor instead of this one gave 1M f64 0.78-0.80 (1
+/// thread) and 0.78-0.83 (2 threads) against 0.76-0.82 and 0.87 here, with
+/// 16M (always prefetched) unchanged.
+const PREFETCH_MIN_BYTES: usize = 32 << 20;
 
 /// Runs `op` over `u`: packs of `P`, then the scalar form on the tail.
 #[inline(always)]

@@ -66,6 +66,7 @@ mod collective;
 #[cfg(feature = "mpi")]
 mod mpi_collective;
 mod partition;
+pub mod reference;
 mod sharded;
 mod threads;
 

@@ -4,46 +4,10 @@
 
 use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
 use metasgd_dist::{Collective, ShardedMetaSGD, ThreadCollective, ThreadGroup};
-use metasgd_kernels::{Element, testdata};
+use metasgd_kernels::Element;
 use ndarray::{ArrayD, IxDyn};
 
-/// Rank `rank`'s local gradients at `step`; `poison` puts a NaN at one
-/// element of one rank's gradient.
-fn grads<A: Element>(
-    shapes: &[Vec<usize>],
-    rank: usize,
-    step: usize,
-    poison: Option<(usize, usize, usize)>,
-) -> Vec<ArrayD<A>> {
-    shapes
-        .iter()
-        .enumerate()
-        .map(|(j, s)| {
-            let n: usize = s.iter().product();
-            let seed = ((rank * 1000 + step) * 100 + j) as u64;
-            let mut v: Vec<A> = testdata::values(n, seed, 0);
-            if let Some((r, pj, pi)) = poison
-                && r == rank
-                && pj == j
-                && pi < n
-            {
-                v[pi] = A::nan();
-            }
-            ArrayD::from_shape_vec(IxDyn(s), v).unwrap()
-        })
-        .collect()
-}
-
-fn init<A: Element>(shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
-    shapes
-        .iter()
-        .enumerate()
-        .map(|(j, s)| {
-            let n: usize = s.iter().product();
-            ArrayD::from_shape_vec(IxDyn(s), testdata::values(n, 7_777_777 + j as u64, 0)).unwrap()
-        })
-        .collect()
-}
+use metasgd_dist::reference::{self, test_grads as grads, test_params as init};
 
 fn template<A: Element>(policy: NonFinitePolicy) -> MetaSGD<A> {
     MetaSGD::new(A::from(0.05).unwrap())
@@ -59,7 +23,7 @@ fn bits<A: Element>(v: &[ArrayD<A>]) -> Vec<u64> {
 /// Final parameters, the optimizer, and each step's result.
 type Outcome<A> = (Vec<ArrayD<A>>, MetaSGD<A>, Vec<Result<(), Error>>);
 
-/// One process: sum in rank order, divide, step_list_inplace.
+/// One process: every rank's gradients averaged in rank order, then step_list_inplace.
 fn reference<A: Element>(
     shapes: &[Vec<usize>],
     ranks: usize,
@@ -72,21 +36,13 @@ where
 {
     let mut params = init::<A>(shapes);
     let mut opt = template::<A>(policy);
-    let mut results = Vec::new();
-    for step in 0..steps {
-        let p = poison.filter(|p| p.0 == step).map(|p| (p.1, p.2, p.3));
-        let mut sum = grads::<A>(shapes, 0, step, p);
-        for r in 1..ranks {
-            for (s, g) in sum.iter_mut().zip(grads::<A>(shapes, r, step, p)) {
-                s.zip_mut_with(&g, |s, &g| *s = *s + g);
-            }
-        }
-        let n = A::from(ranks).unwrap();
-        let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
-        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
-        let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
-        results.push(opt.step_list_inplace(&mut views, &gv));
-    }
+    let results = (0..steps)
+        .map(|step| {
+            let p = poison.filter(|p| p.0 == step).map(|p| (p.1, p.2, p.3));
+            let per_rank: Vec<_> = (0..ranks).map(|r| grads::<A>(shapes, r, step, p)).collect();
+            reference::step(&mut opt, &mut params, &per_rank)
+        })
+        .collect();
     (params, opt, results)
 }
 
@@ -124,6 +80,13 @@ fn check_buckets<A: Element>(
     let steps = 4;
     let (want_params, want_opt, want_results) =
         reference::<A>(shapes, ranks, steps, policy, poison);
+    // The poison must land (or the policy cases would pass without a NaN).
+    let poisoned = want_results.iter().any(Result::is_err) || want_opt.skipped_steps() > 0;
+    let expect_poison = poison.is_some() && policy != NonFinitePolicy::Propagate;
+    assert_eq!(
+        poisoned, expect_poison,
+        "poison {poison:?} under {policy:?}"
+    );
     let got = on_ranks(ranks, |comm| {
         let rank = comm.rank();
         let mut opt = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
@@ -277,17 +240,10 @@ where
     let mut opt = template::<A>(policy);
     for step in 0..total {
         let ranks = if step < first { from } else { to };
-        let mut sum = grads::<A>(&shapes, 0, step, None);
-        for r in 1..ranks {
-            for (s, g) in sum.iter_mut().zip(grads::<A>(&shapes, r, step, None)) {
-                s.zip_mut_with(&g, |s, &g| *s = *s + g);
-            }
-        }
-        let n = A::from(ranks).unwrap();
-        let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
-        let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
-        let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
-        opt.step_list_inplace(&mut views, &gv).unwrap();
+        let per_rank: Vec<_> = (0..ranks)
+            .map(|r| grads::<A>(&shapes, r, step, None))
+            .collect();
+        reference::step(&mut opt, &mut params, &per_rank).unwrap();
     }
     let mid = on_ranks(from, |comm| {
         let rank = comm.rank();

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
+use metasgd_dist::reference;
 use metasgd_dist::{Collective, MpiCollective, ShardedMetaSGD};
-use metasgd_kernels::{Element, testdata};
+use metasgd_kernels::Element;
 use ndarray::{ArrayD, IxDyn};
 
 /// Tensors of every awkward kind around one large one: `elements` in all.
@@ -29,30 +30,14 @@ fn shapes(elements: usize) -> Vec<Vec<usize>> {
     v
 }
 
-/// Rank `rank`'s gradients at `step`; `nan` poisons one element.
+/// Rank `rank`'s gradients at `step`; `nan = (rank, tensor)` poisons element 5 of that tensor.
 fn grads<A: Element>(
     shapes: &[Vec<usize>],
     rank: usize,
     step: usize,
     nan: Option<(usize, usize)>,
 ) -> Vec<ArrayD<A>> {
-    shapes
-        .iter()
-        .enumerate()
-        .map(|(j, s)| {
-            let n: usize = s.iter().product();
-            let seed = ((rank * 10_000 + step) * 16 + j) as u64;
-            let mut v: Vec<A> = testdata::values(n, seed, 0);
-            if nan == Some((rank, j)) && n > 0 {
-                v[n / 2] = A::nan();
-            }
-            ArrayD::from_shape_vec(IxDyn(s), v).expect("shape")
-        })
-        .collect()
-}
-
-fn init<A: Element>(shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
-    grads::<A>(shapes, 99_999, 0, None)
+    reference::test_grads(shapes, rank, step, nan.map(|(r, j)| (r, j, 5)))
 }
 
 fn template<A: Element>(policy: NonFinitePolicy) -> MetaSGD<A> {
@@ -62,7 +47,7 @@ fn template<A: Element>(policy: NonFinitePolicy) -> MetaSGD<A> {
 }
 
 /// The one-process run: `ranks_at(step)` ranks' gradients averaged per step.
-fn reference<A: Element>(
+fn one_process<A: Element>(
     shapes: &[Vec<usize>],
     steps: std::ops::Range<usize>,
     ranks_at: impl Fn(usize) -> usize,
@@ -75,19 +60,11 @@ where
 {
     steps
         .map(|step| {
-            let ranks = ranks_at(step);
             let poison = nan.filter(|p| p.0 == step).map(|p| (p.1, p.2));
-            let mut sum = grads::<A>(shapes, 0, step, poison);
-            for r in 1..ranks {
-                for (s, g) in sum.iter_mut().zip(grads::<A>(shapes, r, step, poison)) {
-                    s.zip_mut_with(&g, |s, &g| *s = *s + g);
-                }
-            }
-            let n = A::from(ranks).unwrap_or(A::one());
-            let avg: Vec<ArrayD<A>> = sum.into_iter().map(|s| s.mapv(|v| v / n)).collect();
-            let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
-            let gv: Vec<_> = avg.iter().map(|g| g.view()).collect();
-            opt.step_list_inplace(&mut views, &gv)
+            let per_rank: Vec<_> = (0..ranks_at(step))
+                .map(|r| grads::<A>(shapes, r, step, poison))
+                .collect();
+            reference::step(opt, params, &per_rank)
         })
         .collect()
 }
@@ -132,7 +109,7 @@ where
     let mut sharded = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
         .expect("same shapes on every rank")
         .with_bucket_elements(bucket);
-    let mut params = init::<A>(shapes);
+    let mut params = reference::test_params::<A>(shapes);
     let mut times = Vec::with_capacity(steps);
     let mut results = Vec::with_capacity(steps);
     for step in 0..steps {
@@ -145,9 +122,9 @@ where
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     let alphas = sharded.gather_alphas();
-    let mut ref_params = init::<A>(shapes);
+    let mut ref_params = reference::test_params::<A>(shapes);
     let mut ref_opt = template::<A>(policy);
-    let want = reference(
+    let want = one_process(
         shapes,
         0..steps,
         |_| ranks,
@@ -160,6 +137,10 @@ where
     mismatches += results.iter().zip(&want).filter(|(a, b)| a != b).count() as u64;
     mismatches += u64::from(sharded.get_step_count() != ref_opt.get_step_count());
     mismatches += u64::from(sharded.skipped_steps() != ref_opt.skipped_steps());
+    // A NaN under Skip or Error must have skipped or failed a step (else the
+    // policy cases would compare runs that never saw it).
+    let landed = want.iter().any(Result::is_err) || ref_opt.skipped_steps() > 0;
+    mismatches += u64::from(landed != (nan.is_some() && policy != NonFinitePolicy::Propagate));
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
     let bytes = sharded.alpha_bytes();
@@ -229,7 +210,7 @@ fn main() {
             let mut sharded =
                 ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
                     .expect("shapes");
-            let mut params = init::<f32>(&shapes);
+            let mut params = reference::test_params::<f32>(&shapes);
             for step in 0..steps {
                 let g = grads::<f32>(&shapes, rank, step, None);
                 let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
@@ -285,9 +266,9 @@ fn main() {
                     .expect("step");
             }
             let alphas = sharded.gather_alphas();
-            let mut ref_params = init::<f32>(&shapes);
+            let mut ref_params = reference::test_params::<f32>(&shapes);
             let mut ref_opt = template::<f32>(NonFinitePolicy::Skip);
-            reference(
+            one_process(
                 &shapes,
                 0..total,
                 |s| if s < first { from } else { ranks },

@@ -145,7 +145,7 @@ impl<A: Element> MetaSGD<A> {
     /// add the shard's place). The extra keys must not be the format's own.
     pub fn state_bytes_with_metadata(&self, extra: &[(&str, String)]) -> Result<Vec<u8>> {
         if let Some((k, _)) = extra.iter().find(|(k, _)| META_KEYS.contains(k)) {
-            return Err(Error::checkpoint(
+            return Err(Error::invalid_checkpoint(
                 format!("__metadata__.{k}"),
                 "is the format's own key",
             ));
@@ -223,7 +223,7 @@ impl<A: Element> MetaSGD<A> {
         ]);
         metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-            .map_err(|e| Error::checkpoint("file", format!("cannot encode: {e}")))
+            .map_err(|e| Error::invalid_checkpoint("file", format!("cannot encode: {e}")))
     }
 }
 
@@ -231,11 +231,14 @@ impl<A: Element> State<A> {
     /// Checks the values and builds the optimizer.
     pub(crate) fn into_optimizer(self) -> Result<MetaSGD<A>> {
         if self.inner_steps == 0 {
-            return Err(Error::checkpoint("inner_steps", "is 0, must be at least 1"));
+            return Err(Error::invalid_checkpoint(
+                "inner_steps",
+                "is 0, must be at least 1",
+            ));
         }
         let count = |name: &str, v: u64| {
             usize::try_from(v).map_err(|_| {
-                Error::checkpoint(name, format!("{v} does not fit this platform's usize"))
+                Error::invalid_checkpoint(name, format!("{v} does not fit this platform's usize"))
             })
         };
         let inner_steps = count("inner_steps", self.inner_steps)?;
@@ -244,7 +247,7 @@ impl<A: Element> State<A> {
         if let Some(lr) = self.last_valid_lr
             && !valid_base_lr(lr)
         {
-            return Err(Error::checkpoint(
+            return Err(Error::invalid_checkpoint(
                 "last_valid_lr",
                 format!("{lr:?} is not a valid learning rate (finite and > 0)"),
             ));
@@ -272,7 +275,7 @@ fn check_slots<A: Element>(slots: &[ArrayD<A>]) -> Result<()> {
             .enumerate()
             .find(|(_, a)| !(a.is_nan() || (a.is_finite() && **a > A::ZERO)))
         {
-            return Err(Error::checkpoint(
+            return Err(Error::invalid_checkpoint(
                 format!("alpha.{j}"),
                 format!("element {i} is {a:?}; a learning rate is finite and > 0 (or NaN)"),
             ));
@@ -354,7 +357,7 @@ pub(crate) fn parse_policy(s: &str) -> Result<NonFinitePolicy> {
         "propagate" => Ok(NonFinitePolicy::Propagate),
         "skip" => Ok(NonFinitePolicy::Skip),
         "error" => Ok(NonFinitePolicy::Error),
-        other => Err(Error::checkpoint(
+        other => Err(Error::invalid_checkpoint(
             "non_finite",
             format!("unknown policy {other:?} (propagate, skip or error)"),
         )),
@@ -376,7 +379,7 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend> {
         "scalar" => Ok(Backend::Scalar),
         "simd" => Ok(Backend::Simd),
         "parallel" => Ok(Backend::Parallel),
-        other => Err(Error::checkpoint(
+        other => Err(Error::invalid_checkpoint(
             "backend",
             format!("unknown backend {other:?} (auto, scalar, simd or parallel)"),
         )),
@@ -387,11 +390,11 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend> {
 pub(crate) fn check_version(v: &str) -> Result<()> {
     match v.parse::<u32>() {
         Ok(n) if n == FORMAT_VERSION => Ok(()),
-        Ok(n) if n > FORMAT_VERSION => Err(Error::checkpoint(
+        Ok(n) if n > FORMAT_VERSION => Err(Error::invalid_checkpoint(
             "format_version",
             format!("{n} was written by a newer metasgd; this one reads version {FORMAT_VERSION}"),
         )),
-        _ => Err(Error::checkpoint(
+        _ => Err(Error::invalid_checkpoint(
             "format_version",
             format!("{v:?} is not a known version"),
         )),
@@ -403,7 +406,7 @@ pub(crate) fn check_dtype<A: Element>(field: &str, found: &str) -> Result<()> {
     if found == A::NAME {
         Ok(())
     } else {
-        Err(Error::checkpoint(
+        Err(Error::invalid_checkpoint(
             field,
             format!(
                 "the checkpoint holds {found}, this optimizer is MetaSGD<{}>",
@@ -421,21 +424,23 @@ fn decode_with<A: Element>(
     bytes: &[u8],
     extra_keys: &[&str],
 ) -> Result<(State<A>, HashMap<String, String>)> {
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::checkpoint("file", format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::checkpoint("file", format!("not a valid safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::invalid_checkpoint("file", format!("not a valid safetensors file: {e}"))
+    })?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        Error::invalid_checkpoint("file", format!("not a valid safetensors file: {e}"))
+    })?;
     let meta = header
         .metadata()
         .as_ref()
-        .ok_or_else(|| Error::checkpoint("__metadata__", "missing"))?;
+        .ok_or_else(|| Error::invalid_checkpoint("__metadata__", "missing"))?;
     let key = |k: &str| {
         meta.get(k)
             .map(String::as_str)
-            .ok_or_else(|| Error::checkpoint(format!("__metadata__.{k}"), "missing"))
+            .ok_or_else(|| Error::invalid_checkpoint(format!("__metadata__.{k}"), "missing"))
     };
     if key("format")? != "metasgd" {
-        return Err(Error::checkpoint(
+        return Err(Error::invalid_checkpoint(
             "__metadata__.format",
             format!("{:?}, expected \"metasgd\"", key("format")?),
         ));
@@ -445,7 +450,7 @@ fn decode_with<A: Element>(
     let non_finite = parse_policy(key("non_finite")?)?;
     let backend = parse_backend(key("backend")?)?;
     let slots: usize = key("slots")?.parse().map_err(|_| {
-        Error::checkpoint(
+        Error::invalid_checkpoint(
             "__metadata__.slots",
             format!("{:?} is not a count", key("slots").unwrap_or_default()),
         )
@@ -454,7 +459,7 @@ fn decode_with<A: Element>(
         .keys()
         .find(|k| !META_KEYS.contains(&k.as_str()) && !extra_keys.contains(&k.as_str()))
     {
-        return Err(Error::checkpoint(
+        return Err(Error::invalid_checkpoint(
             format!("__metadata__.{extra}"),
             "unknown key",
         ));
@@ -476,7 +481,7 @@ fn decode_with<A: Element>(
     .into();
     let names: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
     if names.len() > slots.saturating_add(6) {
-        return Err(Error::checkpoint(
+        return Err(Error::invalid_checkpoint(
             "file",
             format!("{} tensors for {slots} slots: too many", names.len()),
         ));
@@ -486,10 +491,10 @@ fn decode_with<A: Element>(
         expected.insert("last_valid_lr".into());
     }
     if let Some(missing) = expected.difference(&names).next() {
-        return Err(Error::checkpoint(missing.clone(), "missing"));
+        return Err(Error::invalid_checkpoint(missing.clone(), "missing"));
     }
     if let Some(extra) = names.difference(&expected).next() {
-        return Err(Error::checkpoint(
+        return Err(Error::invalid_checkpoint(
             extra.clone(),
             format!("unexpected tensor (the metadata says {slots} slots)"),
         ));
@@ -498,19 +503,19 @@ fn decode_with<A: Element>(
     let float = |name: &str| -> Result<A> {
         let t = file
             .tensor(name)
-            .map_err(|e| Error::checkpoint(name, e.to_string()))?;
+            .map_err(|e| Error::invalid_checkpoint(name, e.to_string()))?;
         scalar_of(name, &t, dtype_of::<A>())?;
-        A::read_le(t.data()).ok_or_else(|| Error::checkpoint(name, "wrong byte count"))
+        A::read_le(t.data()).ok_or_else(|| Error::invalid_checkpoint(name, "wrong byte count"))
     };
     let counter = |name: &str| -> Result<u64> {
         let t = file
             .tensor(name)
-            .map_err(|e| Error::checkpoint(name, e.to_string()))?;
+            .map_err(|e| Error::invalid_checkpoint(name, e.to_string()))?;
         scalar_of(name, &t, Dtype::U64)?;
         let bytes: [u8; 8] = t
             .data()
             .try_into()
-            .map_err(|_| Error::checkpoint(name, "wrong byte count"))?;
+            .map_err(|_| Error::invalid_checkpoint(name, "wrong byte count"))?;
         Ok(u64::from_le_bytes(bytes))
     };
     let mut alphas = Vec::with_capacity(slots);
@@ -518,7 +523,7 @@ fn decode_with<A: Element>(
         let name = format!("alpha.{j}");
         let t = file
             .tensor(&name)
-            .map_err(|e| Error::checkpoint(&name, e.to_string()))?;
+            .map_err(|e| Error::invalid_checkpoint(&name, e.to_string()))?;
         if t.dtype() != dtype_of::<A>() {
             return Err(dtype_error::<A>(&name, t.dtype()));
         }
@@ -528,7 +533,7 @@ fn decode_with<A: Element>(
             .filter_map(A::read_le)
             .collect();
         let alpha = ArrayD::from_shape_vec(IxDyn(t.shape()), values).map_err(|e| {
-            Error::checkpoint(
+            Error::invalid_checkpoint(
                 &name,
                 format!("shape {:?} does not match its data: {e}", t.shape()),
             )
@@ -553,7 +558,7 @@ fn decode_with<A: Element>(
 }
 
 fn dtype_error<A: Element>(name: &str, found: Dtype) -> Error {
-    Error::checkpoint(
+    Error::invalid_checkpoint(
         name,
         format!(
             "dtype {found:?}, this optimizer is MetaSGD<{}> ({:?})",
@@ -567,10 +572,10 @@ fn dtype_error<A: Element>(name: &str, found: Dtype) -> Error {
 fn scalar_of(name: &str, t: &safetensors::tensor::TensorView<'_>, dtype: Dtype) -> Result<()> {
     if t.dtype() != dtype {
         let reason = format!("dtype {:?}, expected {dtype:?}", t.dtype());
-        return Err(Error::checkpoint(name, reason));
+        return Err(Error::invalid_checkpoint(name, reason));
     }
     if !t.shape().is_empty() {
-        return Err(Error::checkpoint(
+        return Err(Error::invalid_checkpoint(
             name,
             format!("shape {:?}, expected a 0-d tensor []", t.shape()),
         ));

@@ -108,16 +108,17 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// An [`Error::Io`] naming the file it happened on.
-    pub(crate) fn io_at(path: &std::path::Path, e: &std::io::Error) -> Self {
+    /// An [`Error::Io`] naming the file it happened on (for formats built
+    /// on this one, such as sharded checkpoints).
+    pub fn io_at(path: &std::path::Path, e: &std::io::Error) -> Self {
         Error::Io {
             kind: e.kind(),
             message: format!("{}: {e}", path.display()),
         }
     }
 
-    /// An [`Error::InvalidCheckpoint`].
-    pub(crate) fn checkpoint(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An [`Error::InvalidCheckpoint`] (for formats built on this one).
+    pub fn invalid_checkpoint(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidCheckpoint {
             field: field.into(),
             reason: reason.into(),

@@ -137,7 +137,7 @@ impl<'de, A: Element> Deserialize<'de> for MetaSGD<A> {
         check_dtype::<A>("dtype", &r.dtype).map_err(e)?;
         let float = |name: &str, f: &Float| {
             f.to::<A>()
-                .map_err(|reason| D::Error::custom(crate::Error::checkpoint(name, reason)))
+                .map_err(|reason| D::Error::custom(crate::Error::invalid_checkpoint(name, reason)))
         };
         let mut slots = Vec::with_capacity(r.slots.len());
         for (j, slot) in r.slots.iter().enumerate() {
@@ -148,7 +148,7 @@ impl<'de, A: Element> Deserialize<'de> for MetaSGD<A> {
                 .map(|f| float(&name, f))
                 .collect::<Result<Vec<A>, _>>()?;
             let alpha = ArrayD::from_shape_vec(IxDyn(&slot.shape), data).map_err(|err| {
-                e(crate::Error::checkpoint(
+                e(crate::Error::invalid_checkpoint(
                     &name,
                     format!("shape {:?} does not match its data: {err}", slot.shape),
                 ))

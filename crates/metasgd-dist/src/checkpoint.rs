@@ -46,19 +46,9 @@ fn shapes_text(shapes: &[Vec<usize>]) -> String {
     format!("[{}]", inner.join(","))
 }
 
-fn bad(field: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidCheckpoint {
-        field: field.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// The rank counts of the complete shard sets in `dir` (every rank's file present).
 fn complete_sets(dir: &Path) -> Result<Vec<usize>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
-        kind: e.kind(),
-        message: format!("{}: {e}", dir.display()),
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io_at(dir, &e))?;
     let mut found: std::collections::BTreeMap<usize, std::collections::BTreeSet<usize>> =
         Default::default();
     for entry in entries.flatten() {
@@ -73,7 +63,7 @@ fn complete_sets(dir: &Path) -> Result<Vec<usize>> {
         }
     }
     if found.is_empty() {
-        return Err(bad(
+        return Err(Error::invalid_checkpoint(
             "file",
             format!("no shard-*-of-*.safetensors files in {}", dir.display()),
         ));
@@ -88,7 +78,7 @@ fn complete_sets(dir: &Path) -> Result<Vec<usize>> {
             .iter()
             .map(|(n, r)| format!("{} of {n}", r.len()))
             .collect();
-        return Err(bad(
+        return Err(Error::invalid_checkpoint(
             "file",
             format!(
                 "no complete set of shards in {} (found {})",
@@ -110,10 +100,7 @@ fn newest_set<A: Element>(dir: &Path) -> Result<usize> {
     let mut best: Option<(usize, usize)> = None;
     for n in sets {
         let path = shard_file(dir, 0, n);
-        let bytes = std::fs::read(&path).map_err(|e| Error::Io {
-            kind: e.kind(),
-            message: format!("{}: {e}", path.display()),
-        })?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io_at(&path, &e))?;
         let (opt, _) = MetaSGD::<A>::from_state_bytes_with_metadata(&bytes, &KEYS)?;
         let steps = opt.get_step_count() + opt.skipped_steps();
         if best.is_none_or(|(s, _)| steps > s) {
@@ -121,7 +108,7 @@ fn newest_set<A: Element>(dir: &Path) -> Result<usize> {
         }
     }
     best.map(|(_, n)| n)
-        .ok_or_else(|| bad("file", "no shard set"))
+        .ok_or_else(|| Error::invalid_checkpoint("file", "no shard set"))
 }
 
 /// Everything observable of a shard file's optimizer but its rates.
@@ -158,10 +145,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     }
 
     fn remove_other_sets(&self, dir: &Path) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
-            kind: e.kind(),
-            message: format!("{}: {e}", dir.display()),
-        })?;
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io_at(dir, &e))?;
         let mine = format!("-of-{:05}.safetensors", self.part.ranks);
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -169,10 +153,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 && name.ends_with(".safetensors")
                 && !name.ends_with(&mine)
             {
-                std::fs::remove_file(entry.path()).map_err(|e| Error::Io {
-                    kind: e.kind(),
-                    message: format!("{}: {e}", entry.path().display()),
-                })?;
+                std::fs::remove_file(entry.path()).map_err(|e| Error::io_at(&entry.path(), &e))?;
             }
         }
         Ok(())
@@ -233,10 +214,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 continue;
             }
             let path = shard_file(dir, r, old_ranks);
-            let bytes = std::fs::read(&path).map_err(|e| Error::Io {
-                kind: e.kind(),
-                message: format!("{}: {e}", path.display()),
-            })?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::io_at(&path, &e))?;
             let (opt, meta) = MetaSGD::<A>::from_state_bytes_with_metadata(&bytes, &KEYS)?;
             let expect = [
                 ("shard_rank", r.to_string()),
@@ -247,8 +225,8 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             ];
             for (k, want) in expect {
                 if meta[k] != want {
-                    return Err(bad(
-                        &format!("__metadata__.{k}"),
+                    return Err(Error::invalid_checkpoint(
+                        format!("__metadata__.{k}"),
                         format!("{} in {}, expected {want}", meta[k], path.display()),
                     ));
                 }
@@ -256,7 +234,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             let lrs = opt.per_param_lrs();
             if let Some(a) = lrs.first() {
                 if lrs.len() != 1 || a.shape() != [real.len()] {
-                    return Err(bad(
+                    return Err(Error::invalid_checkpoint(
                         "alpha.0",
                         format!(
                             "shape {:?} in {}, expected [{}]",
@@ -267,12 +245,15 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                     ));
                 }
             } else if lrs.len() > 1 {
-                return Err(bad("alpha.0", "a shard holds one slot"));
+                return Err(Error::invalid_checkpoint(
+                    "alpha.0",
+                    "a shard holds one slot",
+                ));
             }
             if let Some(f) = &first
                 && (settings(f) != settings(&opt) || f.get_non_finite() != opt.get_non_finite())
             {
-                return Err(bad(
+                return Err(Error::invalid_checkpoint(
                     "file",
                     format!(
                         "{} disagrees with shard 0 on settings or counters",
@@ -292,7 +273,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 first = Some(opt);
             }
         }
-        let first = first.ok_or_else(|| bad("file", "no shard 0"))?;
+        let first = first.ok_or_else(|| Error::invalid_checkpoint("file", "no shard 0"))?;
         let mut inner = first;
         if inner.per_param_lrs().is_empty() {
             return Ok(inner);

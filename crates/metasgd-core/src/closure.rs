@@ -64,7 +64,7 @@ impl<A: Element> MetaSGD<A> {
         let alpha = match self.slots.first() {
             Some(a) => a.view(),
             None => {
-                fresh = ArrayD::from_elem(params.shape(), self.base_lr);
+                fresh = ArrayD::from_elem(params.shape(), self.settings.base_lr);
                 fresh.view()
             }
         };
@@ -76,16 +76,16 @@ impl<A: Element> MetaSGD<A> {
         let mut t = params.clone();
         let mut c = Array::<A, D>::zeros(params.raw_dim());
         let mut g_last = None;
-        for _ in 0..self.inner_steps {
+        for _ in 0..self.settings.inner_steps {
             let g = grad_fn(&t)?;
             if g.shape() != t.shape() {
                 return Err(shape_error(t.shape(), g.shape()));
             }
-            if self.non_finite != NonFinitePolicy::Propagate
+            if self.settings.non_finite != NonFinitePolicy::Propagate
                 && let Some(index) = g.iter().position(|v| !v.is_finite())
             {
-                if self.non_finite == NonFinitePolicy::Skip {
-                    self.skipped_steps += 1;
+                if self.settings.non_finite == NonFinitePolicy::Skip {
+                    self.settings.skipped_steps += 1;
                     return Ok(params.clone());
                 }
                 return Err(Error::NonFiniteGradient { slot: 0, index });
@@ -98,7 +98,7 @@ impl<A: Element> MetaSGD<A> {
             g_last = Some(g);
         }
         // Nothing can fail past this point: commit.
-        let beta = self.alpha_lr;
+        let beta = self.settings.alpha_lr;
         let mut new_alpha = alpha.to_owned();
         if let Some(g) = &g_last {
             Zip::from(&mut new_alpha)
@@ -111,7 +111,7 @@ impl<A: Element> MetaSGD<A> {
             Some(slot) => slot.assign(&new_alpha),
             None => self.slots.push(new_alpha),
         }
-        self.step_count += 1;
+        self.settings.step_count += 1;
         Ok(t)
     }
 }

@@ -7,20 +7,22 @@
 //! - `serde`: `Serialize`/`Deserialize` for `MetaSGD`, exact for every float.
 
 mod backend;
-mod checkpoint;
+pub mod checkpoint;
 mod closure;
 mod error;
 mod layout;
 mod metasgd;
 mod optimizer;
+mod schema;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
 pub use backend::{Backend, NonFinitePolicy};
-pub use checkpoint::FORMAT_VERSION;
+pub use checkpoint::{FORMAT_VERSION, Loaded};
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;
 pub use optimizer::Optimizer;
+pub use schema::{MAX_COUNT, MAX_INNER_STEPS};
 
 pub use metasgd_kernels as kernels;
 pub use ndarray;

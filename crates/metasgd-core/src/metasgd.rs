@@ -4,6 +4,7 @@ use metasgd_kernels::{Config, Element, Kernel, scalar};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::layout::{self, Output, Target};
+use crate::schema::{MAX_INNER_STEPS, Settings, valid_rate};
 use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
@@ -62,16 +63,10 @@ use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
 /// ```
 #[derive(Clone, Debug)]
 pub struct MetaSGD<A: Element> {
-    pub(crate) base_lr: A,
-    /// The last `base_lr` that passed validation: `set_learning_rate` rescales from it.
-    pub(crate) last_valid_lr: Option<A>,
-    pub(crate) alpha_lr: A,
-    pub(crate) inner_steps: usize,
-    pub(crate) backend: Backend,
-    pub(crate) non_finite: NonFinitePolicy,
+    /// Every setting and counter: the one description in `schema.rs`.
+    pub(crate) settings: Settings<A>,
+    /// One array of per-parameter learning rates per slot.
     pub(crate) slots: Vec<ArrayD<A>>,
-    pub(crate) step_count: usize,
-    pub(crate) skipped_steps: usize,
 }
 
 /// Which slots a call uses.
@@ -95,77 +90,91 @@ impl<A: Element> MetaSGD<A> {
     ///
     /// An invalid `base_lr` (not finite, or `<= 0`) is reported by the first step.
     pub fn new(base_lr: A) -> Self {
-        Self {
-            base_lr,
-            last_valid_lr: valid_base_lr(base_lr).then_some(base_lr),
-            alpha_lr: A::from(0.001).unwrap_or(A::ZERO),
-            inner_steps: 5,
-            backend: Backend::Auto,
-            non_finite: NonFinitePolicy::Propagate,
-            slots: Vec::new(),
-            step_count: 0,
-            skipped_steps: 0,
-        }
+        Self::from_parts(
+            Settings {
+                base_lr,
+                last_valid_lr: valid_base_lr(base_lr).then_some(base_lr),
+                alpha_lr: A::from(0.001).unwrap_or(A::ZERO),
+                inner_steps: 5,
+                backend: Backend::Auto,
+                non_finite: NonFinitePolicy::Propagate,
+                step_count: 0,
+                skipped_steps: 0,
+            },
+            Vec::new(),
+        )
+    }
+
+    pub(crate) fn from_parts(settings: Settings<A>, slots: Vec<ArrayD<A>>) -> Self {
+        Self { settings, slots }
+    }
+
+    /// Whether every setting and counter (everything but the rates) of the
+    /// two optimizers is equal, bit for bit: how the shards of a sharded
+    /// checkpoint are checked against each other.
+    pub fn same_settings(&self, other: &Self) -> bool {
+        self.settings.same(&other.settings)
     }
 
     /// Sets the learning rate of the per-parameter learning rates (finite, `>= 0`).
     pub fn with_alpha_lr(mut self, alpha_lr: A) -> Self {
-        self.alpha_lr = alpha_lr;
+        self.settings.alpha_lr = alpha_lr;
         self
     }
 
-    /// Sets the number of inner updates per step; 0 is stored as 1.
+    /// Sets the number of inner updates per step; 0 is stored as 1, and
+    /// more than [`MAX_INNER_STEPS`] is reported by the next step.
     pub fn with_inner_steps(mut self, inner_steps: usize) -> Self {
-        self.inner_steps = inner_steps.max(1);
+        self.settings.inner_steps = metasgd_kernels::inner_steps(inner_steps);
         self
     }
 
     /// Chooses the kernel. A backend whose feature is compiled out makes every
     /// step return [`Error::BackendUnavailable`].
     pub fn with_backend(mut self, backend: Backend) -> Self {
-        self.backend = backend;
+        self.settings.backend = backend;
         self
     }
 
     /// Chooses what a step does with NaN or infinite gradients.
     pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
-        self.non_finite = policy;
+        self.settings.non_finite = policy;
         self
     }
 
     /// The base learning rate (the initial value of every `alpha`).
     pub fn get_base_lr(&self) -> A {
-        self.base_lr
+        self.settings.base_lr
     }
 
     /// The learning rate of the per-parameter learning rates.
     pub fn get_alpha_lr(&self) -> A {
-        self.alpha_lr
+        self.settings.alpha_lr
     }
 
     /// Inner updates per step.
     pub fn get_inner_steps(&self) -> usize {
-        self.inner_steps
+        self.settings.inner_steps
     }
 
     /// The backend chosen on the builder.
     pub fn get_backend(&self) -> Backend {
-        self.backend
+        self.settings.backend
     }
 
     /// The non-finite gradient policy chosen on the builder.
     pub fn get_non_finite(&self) -> NonFinitePolicy {
-        self.non_finite
+        self.settings.non_finite
     }
 
     /// Successful steps so far (one per `step`/`step_list` call, whatever the list length).
     pub fn get_step_count(&self) -> usize {
-        self.step_count
+        self.settings.step_count
     }
 
     /// Steps skipped under [`NonFinitePolicy::Skip`].
     pub fn skipped_steps(&self) -> usize {
-        self.skipped_steps
+        self.settings.skipped_steps
     }
 
     /// The per-parameter learning rates of slot 0, once a step has created them.
@@ -182,8 +191,10 @@ impl<A: Element> MetaSGD<A> {
     /// per slot, in list order) instead of `base_lr`: for rates learned
     /// elsewhere, such as by `metasgd::meta::MetaLearner`.
     ///
-    /// Every rate must be finite and within the clamp range `[1e-8, 10]`
-    /// ([`Error::InvalidPerParamLr`] names the slot and element otherwise).
+    /// Every rate must follow the one rate rule: within the clamp range
+    /// `[1e-8, 10]`, or NaN (a state training reaches under
+    /// [`NonFinitePolicy::Propagate`]); [`Error::InvalidPerParamLr`] names
+    /// the slot and element otherwise.
     ///
     /// ```
     /// use metasgd_core::{MetaSGD, Optimizer};
@@ -198,11 +209,7 @@ impl<A: Element> MetaSGD<A> {
     /// ```
     pub fn with_per_param_lrs(mut self, lrs: Vec<ArrayD<A>>) -> Result<Self> {
         for (j, a) in lrs.iter().enumerate() {
-            if let Some((i, v)) = a
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(v.is_finite() && **v >= A::LO && **v <= A::HI))
-            {
+            if let Some((i, v)) = a.iter().enumerate().find(|(_, v)| !valid_rate(**v)) {
                 return Err(Error::InvalidPerParamLr {
                     slot: j,
                     index: i,
@@ -219,7 +226,7 @@ impl<A: Element> MetaSGD<A> {
     /// optimizer whose non-finite gradient was on another rank), so that
     /// [`MetaSGD::skipped_steps`] and checkpoints stay true.
     pub fn record_skipped_step(&mut self) {
-        self.skipped_steps += 1;
+        self.settings.skipped_steps += 1;
     }
 
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
@@ -228,7 +235,7 @@ impl<A: Element> MetaSGD<A> {
     }
 
     pub(crate) fn config(&self) -> Config<A> {
-        Config::new(self.alpha_lr, self.inner_steps)
+        Config::new(self.settings.alpha_lr, self.settings.inner_steps)
     }
 
     /// Checks the hyperparameters and the backend as every step does
@@ -241,13 +248,24 @@ impl<A: Element> MetaSGD<A> {
 
     /// The hyperparameters and the backend, checked before every step.
     pub(crate) fn check_settings(&self) -> Result<()> {
-        if !valid_base_lr(self.base_lr) {
-            return Err(invalid("base_lr", self.base_lr, "finite and > 0"));
+        if !valid_base_lr(self.settings.base_lr) {
+            return Err(invalid("base_lr", self.settings.base_lr, "finite and > 0"));
         }
-        if !(self.alpha_lr.is_finite() && self.alpha_lr >= A::ZERO) {
-            return Err(invalid("alpha_lr", self.alpha_lr, "finite and >= 0"));
+        if !(self.settings.alpha_lr.is_finite() && self.settings.alpha_lr >= A::ZERO) {
+            return Err(invalid(
+                "alpha_lr",
+                self.settings.alpha_lr,
+                "finite and >= 0",
+            ));
         }
-        self.backend.check()
+        if self.settings.inner_steps > MAX_INNER_STEPS {
+            return Err(Error::InvalidHyperparameter {
+                name: "inner_steps",
+                value: self.settings.inner_steps as f64,
+                requirement: "at most MAX_INNER_STEPS (1000)",
+            });
+        }
+        self.settings.backend.check()
     }
 
     /// Everything that can fail, checked before anything changes.
@@ -295,17 +313,17 @@ impl<A: Element> MetaSGD<A> {
             }
             total += p.iter().product::<usize>();
         }
-        if self.non_finite != NonFinitePolicy::Propagate {
+        if self.settings.non_finite != NonFinitePolicy::Propagate {
             for j in 0..n {
                 if let Some(index) = layout::first_non_finite(&grad(j)) {
-                    return match self.non_finite {
+                    return match self.settings.non_finite {
                         NonFinitePolicy::Skip => Ok(Plan::Skip),
                         _ => Err(Error::NonFiniteGradient { slot: j, index }),
                     };
                 }
             }
         }
-        Ok(Plan::Run(self.backend.kernel(total)))
+        Ok(Plan::Run(self.settings.backend.kernel(total)))
     }
 
     /// The kernel to run a validated call on, or `None` for a step skipped
@@ -314,7 +332,7 @@ impl<A: Element> MetaSGD<A> {
         match plan? {
             Plan::Run(kernel) => Ok(Some(kernel)),
             Plan::Skip => {
-                self.skipped_steps += 1;
+                self.settings.skipped_steps += 1;
                 Ok(None)
             }
         }
@@ -330,7 +348,7 @@ impl<A: Element> MetaSGD<A> {
         params: impl Iterator<Item = ArrayView<'p, A, D>>,
     ) {
         if self.slots.is_empty() {
-            let base = self.base_lr;
+            let base = self.settings.base_lr;
             self.slots
                 .extend(params.map(|p| p.map(|_| base).into_dyn()));
             return;
@@ -357,7 +375,7 @@ impl<A: Element> MetaSGD<A> {
         let cfg = self
             .config()
             .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
-        self.step_count += 1;
+        self.settings.step_count += 1;
         let updates = targets
             .zip(self.slots.iter_mut())
             .filter_map(|((target, grad), alpha)| {
@@ -479,7 +497,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     }
 
     fn get_learning_rate(&self) -> A {
-        self.base_lr
+        self.settings.base_lr
     }
 
     /// Sets `base_lr` and rescales every learned `alpha` by `new / old`
@@ -501,11 +519,11 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// assert_eq!(alpha[0], 0.1 * (0.05 / 0.1));
     /// ```
     fn set_learning_rate(&mut self, learning_rate: A) {
-        self.base_lr = learning_rate;
+        self.settings.base_lr = learning_rate;
         if !valid_base_lr(learning_rate) {
             return;
         }
-        if let Some(old) = self.last_valid_lr {
+        if let Some(old) = self.settings.last_valid_lr {
             let factor = learning_rate / old;
             for alpha in &mut self.slots {
                 match alpha.as_slice_memory_order_mut() {
@@ -514,6 +532,6 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
                 }
             }
         }
-        self.last_valid_lr = Some(learning_rate);
+        self.settings.last_valid_lr = Some(learning_rate);
     }
 }

@@ -102,7 +102,10 @@ fn bad_documents_are_errors() {
         ),
         (
             "future version",
-            f32_doc(&json.replace("\"format_version\":\"1\"", "\"format_version\":\"9\"")),
+            f32_doc(&json.replace(
+                &format!("\"format_version\":\"{}\"", metasgd_core::FORMAT_VERSION),
+                "\"format_version\":\"9\"",
+            )),
         ),
         (
             "not a float",

@@ -2,6 +2,14 @@
 
 use crate::Element;
 
+/// The contract's one rule for the number of inner steps `K`: 0 means 1.
+/// Every builder that takes `K` (the optimizer, the kernels' [`Config`], the
+/// meta-learner) stores it through here.
+#[inline]
+pub fn inner_steps(k: usize) -> usize {
+    k.max(1)
+}
+
 /// The hyperparameters a kernel needs: `beta = alpha_lr` and `K = inner_steps`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config<A> {
@@ -15,7 +23,7 @@ impl<A: Element> Config<A> {
     pub fn new(alpha_lr: A, inner_steps: usize) -> Self {
         Self {
             alpha_lr,
-            inner_steps: inner_steps.max(1),
+            inner_steps: crate::inner_steps(inner_steps),
             streaming: false,
         }
     }

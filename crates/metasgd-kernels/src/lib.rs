@@ -46,7 +46,7 @@ mod simd;
 pub mod testdata;
 mod update;
 
-pub use config::Config;
+pub use config::{Config, inner_steps};
 pub use element::Element;
 pub use simd::{SimdLevel, simd_level};
 pub use update::{Theta, Update};

@@ -355,11 +355,27 @@ fn hand_written_files() {
             raw(
                 &format!(
                     "{{{},{SCALARS}}}",
-                    META.replace(r#""format_version":"1""#, r#""format_version":"2""#)
+                    META.replace(r#""format_version":"1""#, r#""format_version":"3""#)
                 ),
                 &scalar_data(5),
             ),
             "format_version",
+        ),
+        (
+            "a version 2 file without its checksums",
+            raw(
+                &format!(
+                    "{{{},{SCALARS}}}",
+                    META.replace(r#""format_version":"1""#, r#""format_version":"2""#)
+                ),
+                &scalar_data(5),
+            ),
+            "header_crc32c",
+        ),
+        (
+            "inner_steps beyond MAX_INNER_STEPS",
+            raw(&format!("{{{META},{SCALARS}}}"), &scalar_data(1001)),
+            "inner_steps",
         ),
         (
             "an unknown policy",
@@ -498,7 +514,7 @@ fn hand_written_files() {
         let e = refused(bytes);
         assert_eq!(field_of(&e), *field, "{what}: {e}");
     }
-    assert_eq!(cases.len(), 23);
+    assert_eq!(cases.len(), 25);
 }
 
 #[test]
@@ -519,8 +535,9 @@ fn wrong_dtype_says_so() {
         br#""alpha.0":{"dtype":"F32""#,
         br#""alpha.0":{"dtype":"I32""#,
     );
+    // The header checksum catches the edit before the header is parsed.
     let e = refused(&bytes);
-    assert_eq!(field_of(&e), "alpha.0", "{e}");
+    assert_eq!(field_of(&e), "header", "{e}");
 }
 
 #[test]
@@ -573,7 +590,7 @@ fn other_tools_can_read_the_file() {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta: &HashMap<String, String> = header.metadata().as_ref().unwrap();
     assert_eq!(meta["format"], "metasgd");
-    assert_eq!(meta["format_version"], "1");
+    assert_eq!(meta["format_version"], "2");
     assert_eq!(meta["dtype"], "f64");
     assert_eq!(meta["slots"], "4");
     for (j, alpha) in opt.per_param_lrs().iter().enumerate() {

@@ -1,0 +1,98 @@
+//! Checkpoints: checksummed safetensors files, written atomically.
+//!
+//! [`crate::MetaSGD::save_state`] and friends write the optimizer (and, with
+//! [`crate::MetaSGD::save_state_with_tensors`], the caller's tensors in the
+//! same file). [`Writer`] and [`Reader`] are the container underneath, public
+//! for formats built on this one (the sharded checkpoints of
+//! `metasgd-dist`, the meta-learner of `metasgd-meta`): every file they make
+//! carries a CRC32C of its header and of each tensor, verified before
+//! anything is decoded.
+
+mod container;
+mod state;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use container::{FORMAT_VERSION, MAX_NAME_LEN, Reader, Writer, crc32c_hex};
+pub use state::{Loaded, NamedTensors};
+
+pub(crate) use container::check_name;
+
+use crate::{Error, Result};
+
+/// Writes `bytes` to `path` atomically: to a fresh temporary file in the
+/// same directory, synced, renamed over `path`, and the directory synced. A
+/// process killed at any moment leaves either the previous file or the new
+/// one, never a torn one; on failure the temporary file is removed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| Error::Io {
+        kind: std::io::ErrorKind::InvalidInput,
+        message: format!("{}: not a file path", path.display()),
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = File::create_new(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io_at(path, &e));
+    }
+    sync_dir(&dir)
+}
+
+/// Makes the entries of `dir` (a rename, a new file) durable (a no-op
+/// where directories cannot be synced this way, as on Windows).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io_at(dir, &e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Reads a whole file, refusing one larger than `max` bytes before reading it.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io_at(path, &e))?
+        .len();
+    if len > max {
+        return Err(Error::invalid_checkpoint(
+            "file",
+            format!(
+                "{} is {len} bytes, more than the {max} allowed",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io_at(path, &e))
+}
+
+/// Adds the file's path to an [`Error::InvalidCheckpoint`]'s reason.
+pub(crate) fn at_path(path: &Path, e: Error) -> Error {
+    match e {
+        Error::InvalidCheckpoint { field, reason } => Error::InvalidCheckpoint {
+            field,
+            reason: format!("{reason} (in {})", path.display()),
+        },
+        other => other,
+    }
+}

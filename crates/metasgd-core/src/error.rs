@@ -64,12 +64,17 @@ pub enum Error {
         /// The value, widened to `f64`.
         value: f64,
     },
-    /// Another rank of a sharded optimizer refused the step (its own error
-    /// says why); nothing changed on any rank.
-    #[error("rank {rank} refused the step; nothing changed on any rank")]
+    /// Another rank of a sharded optimizer failed a collective operation
+    /// (a step, a save, a load); every rank reports it, and the operation
+    /// changed nothing (a failed save leaves the last committed checkpoint).
+    #[error("rank {rank} failed the {operation}: {cause}")]
     PeerFailed {
-        /// The first rank that refused.
+        /// The first rank that failed.
         rank: usize,
+        /// `"step"`, `"save"`, `"load"` or `"setup"`.
+        operation: &'static str,
+        /// That rank's own error, as text.
+        cause: String,
     },
     /// Reading or writing a checkpoint failed in the operating system.
     #[error("I/O error ({kind:?}): {message}")]

@@ -61,6 +61,7 @@
 //! });
 //! ```
 
+mod agree;
 mod checkpoint;
 mod collective;
 #[cfg(feature = "mpi")]
@@ -70,6 +71,7 @@ pub mod reference;
 mod sharded;
 mod threads;
 
+pub use checkpoint::COMMIT_FILE;
 pub use collective::Collective;
 #[cfg(feature = "mpi")]
 pub use mpi_collective::MpiCollective;

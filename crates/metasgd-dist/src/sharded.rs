@@ -4,6 +4,7 @@ use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer, Result, StateMism
 use metasgd_kernels::Element;
 use ndarray::{Array1, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
+use crate::agree::agree;
 use crate::{Collective, Partition};
 
 /// MetaSGD with its per-parameter learning rates sharded across the ranks
@@ -15,6 +16,8 @@ pub struct ShardedMetaSGD<A: Element, C: Collective> {
     pub(crate) shapes: Vec<Vec<usize>>,
     pub(crate) offsets: Vec<usize>,
     pub(crate) part: Partition,
+    /// Committed checkpoint generations kept on disk (at least 1).
+    pub(crate) keep_last: usize,
     /// Elements of each rank's shard moved per collective call.
     bucket: usize,
     /// One bucket from or for every rank (`ranks * bucket` elements).
@@ -56,7 +59,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         let (offsets, total) = offsets(&shapes);
         let part = Partition::new(total, comm.size());
         let local = Self::shard_of_template(&template, &shapes, &part, comm.rank());
-        agree(&comm, local.as_ref().err())?;
+        agree(&comm, "setup", local.as_ref().err())?;
         let inner = match local? {
             Some(shard) => template.with_state_slots(vec![shard])?,
             None => template,
@@ -78,6 +81,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             shapes,
             offsets,
             part,
+            keep_last: crate::checkpoint::KEEP_LAST,
             bucket,
             send: vec![A::ZERO; part.ranks * bucket],
             recv: vec![A::ZERO; part.ranks * bucket],
@@ -113,10 +117,11 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             }
         }
         let flat: Vec<A> = slots.iter().flat_map(|a| a.iter().copied()).collect();
-        let base = template.get_base_lr();
+        // Padding is never read back; it holds a rate the rate rule accepts.
+        let pad = metasgd_kernels::scalar::clamp(template.get_base_lr());
         let shard = part
             .shard(rank)
-            .map(|i| flat.get(i).copied().unwrap_or(base))
+            .map(|i| flat.get(i).copied().unwrap_or(pad))
             .collect();
         Ok(Some(
             ArrayD::from_shape_vec(IxDyn(&[part.shard_len]), shard).expect("1-d"),
@@ -253,7 +258,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         grads: &[ArrayView<'_, A, D>],
     ) -> Result<()> {
         let local = self.check_inputs(params, grads);
-        agree(&self.comm, local.as_ref().err())?;
+        agree(&self.comm, "step", local.as_ref().err())?;
 
         // Bucket by bucket, every rank sends each rank that rank's piece of
         // its local gradients; the pieces are summed in rank order, then
@@ -354,17 +359,6 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 ArrayD::from_shape_vec(IxDyn(s), all[at..at + n].to_vec()).expect("shape")
             })
             .collect()
-    }
-}
-
-/// Agrees across ranks on whether a collective call may go on: every rank
-/// reports whether it failed; if any did, every rank returns an error (its
-/// own, or [`Error::PeerFailed`] naming the first rank that failed).
-pub(crate) fn agree<C: Collective>(comm: &C, local: Option<&Error>) -> Result<()> {
-    let codes = comm.all_gather_u64(u64::from(local.is_some()));
-    match codes.iter().position(|&c| c != 0) {
-        None => Ok(()),
-        Some(rank) => Err(local.cloned().unwrap_or(Error::PeerFailed { rank })),
     }
 }
 

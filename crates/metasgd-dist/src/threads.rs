@@ -1,7 +1,11 @@
 //! Ranks as threads of one process: the collective the tests use, and a
 //! way to run the sharded optimizer without MPI.
+//!
+//! As with MPI, a rank that dies ends the job: a rank whose thread panics
+//! marks the group broken, and every other rank's next (or current)
+//! collective call panics too, instead of waiting forever.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::Collective;
 
@@ -18,7 +22,7 @@ pub struct ThreadCollective {
 
 #[derive(Debug)]
 struct Shared {
-    barrier: Barrier,
+    barrier: BreakableBarrier,
     /// What each rank contributed to the current operation.
     slots: Vec<Mutex<Vec<u8>>>,
 }
@@ -32,7 +36,7 @@ impl ThreadGroup {
             return None;
         }
         let shared = Arc::new(Shared {
-            barrier: Barrier::new(size),
+            barrier: BreakableBarrier::new(size),
             slots: (0..size).map(|_| Mutex::new(Vec::new())).collect(),
         });
         Some(
@@ -64,13 +68,76 @@ impl ThreadCollective {
     /// two barriers that make the exchange safe.
     fn exchange(&self, send: &[u8], mut read: impl FnMut(usize, &[u8])) {
         self.deposit(send);
-        self.shared.barrier.wait();
+        self.shared.barrier.wait(self.rank);
         for (r, slot) in self.shared.slots.iter().enumerate() {
             let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             read(r, &slot);
         }
         // Nobody overwrites a slot before everyone has read it.
-        self.shared.barrier.wait();
+        self.shared.barrier.wait(self.rank);
+    }
+}
+
+impl Drop for ThreadCollective {
+    /// A rank dropped while its thread panics has died: the others learn it.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.barrier.break_by(self.rank);
+        }
+    }
+}
+
+/// A barrier that a dying rank can break (std's `Barrier` cannot).
+#[derive(Debug)]
+struct BreakableBarrier {
+    size: usize,
+    state: Mutex<BarrierState>,
+    turn: Condvar,
+}
+
+#[derive(Debug)]
+struct BarrierState {
+    arrived: usize,
+    round: u64,
+    dead: Option<usize>,
+}
+
+impl BreakableBarrier {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            state: Mutex::new(BarrierState {
+                arrived: 0,
+                round: 0,
+                dead: None,
+            }),
+            turn: Condvar::new(),
+        }
+    }
+
+    /// Waits for every rank; panics if a rank has died.
+    fn wait(&self, me: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let round = s.round;
+        s.arrived += 1;
+        if s.arrived == self.size {
+            s.arrived = 0;
+            s.round += 1;
+            self.turn.notify_all();
+        }
+        while s.round == round {
+            if let Some(dead) = s.dead {
+                drop(s);
+                panic!("rank {me}: rank {dead} of the thread group died; the group is broken");
+            }
+            s = self.turn.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn break_by(&self, rank: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.dead.get_or_insert(rank);
+        self.turn.notify_all();
     }
 }
 

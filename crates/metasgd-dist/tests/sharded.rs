@@ -204,7 +204,14 @@ fn a_bad_input_on_one_rank_fails_every_rank_and_changes_nothing() {
         match (rank, r) {
             (1, Err(Error::ShapeMismatch { slot: 1, .. })) => {}
             (1, other) => panic!("rank 1: {other:?}"),
-            (_, Err(Error::PeerFailed { rank: 1 })) => {}
+            (
+                _,
+                Err(Error::PeerFailed {
+                    rank: 1,
+                    operation: "step",
+                    cause,
+                }),
+            ) if cause.contains("shape mismatch") => {}
             (_, other) => panic!("rank {rank}: {other:?}"),
         }
     }
@@ -306,11 +313,33 @@ fn loading_needs_every_shard() {
             .unwrap();
         o.save_state(&dir).unwrap();
     });
-    std::fs::remove_file(dir.join("shard-00001-of-00003.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("gen-00000001/shard-00001-of-00003.safetensors")).unwrap();
     let errs = on_ranks(2, |comm| {
         ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes.clone()).err()
     });
     assert!(errs.iter().all(Option::is_some), "{errs:?}");
+    // Loaded on 3 ranks, only rank 1 reads that shard: every rank says so.
+    let errs = on_ranks(3, |comm| {
+        ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes.clone()).err()
+    });
+    for (rank, e) in errs.iter().enumerate() {
+        match (rank, e) {
+            (1, Some(Error::Io { message, .. })) => {
+                assert!(message.contains("shard-00001"), "{message}")
+            }
+            (
+                _,
+                Some(Error::PeerFailed {
+                    rank: 1,
+                    operation: "load",
+                    cause,
+                }),
+            ) => {
+                assert!(cause.contains("shard-00001"), "{cause}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     // Wrong shapes are refused too.
     let errs = on_ranks(1, |comm| {
         ShardedMetaSGD::<f32, _>::load_state(comm, &dir, vec![vec![41]]).err()
@@ -320,17 +349,18 @@ fn loading_needs_every_shard() {
 }
 
 #[test]
-fn saving_on_another_rank_count_replaces_the_old_set() {
+fn generations_are_kept_and_pre_commit_layouts_still_load() {
     let shapes = vec![vec![30], vec![4]];
     let base = std::env::temp_dir().join(format!("metasgd-sets-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let (a, b) = (base.join("a"), base.join("b"));
-    std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    let train = |ranks: usize, steps: usize, dir: &std::path::Path| {
+    let train = |ranks: usize, steps: usize, dir: &std::path::Path, keep: usize| {
         on_ranks(ranks, |comm| {
             let rank = comm.rank();
-            let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+            let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone())
+                .unwrap()
+                .with_keep_last(keep);
             let mut p = init::<f32>(&shapes);
             for step in 0..steps {
                 let g = grads::<f32>(&shapes, rank, step, None);
@@ -349,25 +379,34 @@ fn saving_on_another_rank_count_replaces_the_old_set() {
         v.sort();
         v
     };
-    train(3, 1, &a);
-    train(2, 2, &a);
+    train(3, 1, &a, 2);
+    train(2, 2, &a, 2);
+    assert_eq!(files(&a), ["COMMIT", "gen-00000001", "gen-00000002"]);
     assert_eq!(
-        files(&a),
+        files(&a.join("gen-00000002")),
         [
             "shard-00000-of-00002.safetensors",
             "shard-00001-of-00002.safetensors"
         ]
     );
-    // An interrupted save can leave two complete sets: the one with more steps loads.
-    train(3, 1, &b);
-    for f in files(&a) {
-        std::fs::copy(a.join(&f), b.join(&f)).unwrap();
+    train(2, 3, &a, 2);
+    assert_eq!(files(&a), ["COMMIT", "gen-00000002", "gen-00000003"]);
+    train(1, 4, &a, 1);
+    assert_eq!(files(&a), ["COMMIT", "gen-00000004"]);
+    // The layout before the commit protocol (shards in the directory, no
+    // record): an interrupted save could leave two complete sets, and the
+    // one with more steps loads.
+    train(3, 1, &base.join("c"), 2);
+    for (dir, gen_dir) in [(&base.join("c"), "gen-00000001"), (&a, "gen-00000004")] {
+        for f in files(&dir.join(gen_dir)) {
+            std::fs::copy(dir.join(gen_dir).join(&f), b.join(&f)).unwrap();
+        }
     }
     let steps = on_ranks(2, |comm| {
         ShardedMetaSGD::<f32, _>::load_state(comm, &b, shapes.clone())
             .unwrap()
             .get_step_count()
     });
-    assert_eq!(steps, vec![2, 2]);
+    assert_eq!(steps, vec![4, 4]);
     std::fs::remove_dir_all(&base).unwrap();
 }

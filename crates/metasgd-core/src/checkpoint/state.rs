@@ -161,9 +161,7 @@ impl<A: Element> MetaSGD<A> {
     /// Loads what [`MetaSGD::save_state_with_tensors`] wrote: the optimizer
     /// and the caller's tensors in the order they were saved (none for a
     /// file written by [`MetaSGD::save_state`]).
-    pub fn load_state_with_tensors(
-        path: impl AsRef<Path>,
-    ) -> Result<(Self, NamedTensors<A>)> {
+    pub fn load_state_with_tensors(path: impl AsRef<Path>) -> Result<(Self, NamedTensors<A>)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
         let loaded = Self::from_state_bytes_with(&bytes, &[]).map_err(|e| at_path(path, e))?;

@@ -1,32 +1,57 @@
-//! `MetaSGD::from_state_bytes` on arbitrary bytes: it must return, never
-//! panic, and whatever it accepts must encode and load back to the same state.
+//! Every checkpoint parser on arbitrary bytes: `MetaSGD::from_state_bytes_with`
+//! (single files, files with the caller's tensors, shards),
+//! `MetaLearner::from_state_bytes_with` and `CommitRecord::parse`. Each must
+//! return, never panic; whatever one accepts must be within the documented
+//! bounds and must encode and load back to the same state.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metasgd::{Element, MetaSGD};
+use metasgd::meta::MetaLearner;
+use metasgd::{Element, MAX_COUNT, MAX_INNER_STEPS, MetaSGD};
+use metasgd_dist::CommitRecord;
 
-fn check<A: Element>(data: &[u8]) {
-    if let Ok(opt) = MetaSGD::<A>::from_state_bytes(data) {
-        let again = MetaSGD::<A>::from_state_bytes(&opt.state_bytes())
+const SHARD_KEYS: [&str; 5] = ["shard_rank", "shard_ranks", "shard_offset", "global_len", "shapes"];
+
+fn bits<A: Element>(v: &[metasgd::ndarray::ArrayD<A>]) -> Vec<Vec<u64>> {
+    v.iter().map(|a| a.iter().map(|x| x.bits()).collect()).collect()
+}
+
+fn optimizer<A: Element>(data: &[u8], keys: &[&str]) {
+    if let Ok(l) = MetaSGD::<A>::from_state_bytes_with(data, keys) {
+        let o = &l.optimizer;
+        assert!((1..=MAX_INNER_STEPS).contains(&o.get_inner_steps()));
+        assert!(o.get_step_count() as u64 <= MAX_COUNT && o.skipped_steps() as u64 <= MAX_COUNT);
+        let extra: Vec<(&str, String)> = keys.iter().map(|k| (*k, l.metadata[*k].clone())).collect();
+        let tensors: Vec<(&str, _)> = l.tensors.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+        let bytes = o
+            .state_bytes_with(&extra, &tensors)
+            .expect("a state this build accepted must encode");
+        let again = MetaSGD::<A>::from_state_bytes_with(&bytes, keys)
             .expect("a state this build accepted must load again");
-        let bits = |o: &MetaSGD<A>| {
-            let alphas: Vec<Vec<u64>> = o
-                .per_param_lrs()
-                .iter()
-                .map(|a| a.iter().map(|x| x.bits()).collect())
-                .collect();
-            (
-                alphas,
-                o.get_base_lr().bits(),
-                o.get_alpha_lr().bits(),
-                o.get_step_count(),
-            )
-        };
-        assert_eq!(bits(&again), bits(&opt));
+        assert!(again.optimizer.same_settings(o));
+        assert_eq!(bits(again.optimizer.per_param_lrs()), bits(o.per_param_lrs()));
+        assert_eq!(again.tensors.len(), l.tensors.len());
+    }
+}
+
+fn learner<A: Element>(data: &[u8]) {
+    if let Ok((l, t)) = MetaLearner::<A>::from_state_bytes_with(data) {
+        let tensors: Vec<(&str, _)> = t.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+        let bytes = l.state_bytes_with(&tensors).expect("encodes");
+        let (again, _) = MetaLearner::<A>::from_state_bytes_with(&bytes).expect("loads again");
+        assert_eq!(bits(again.params()), bits(l.params()));
+        assert_eq!(bits(again.alphas()), bits(l.alphas()));
+        assert_eq!(again.meta_steps(), l.meta_steps());
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    check::<f32>(data);
-    check::<f64>(data);
+    optimizer::<f32>(data, &[]);
+    optimizer::<f64>(data, &[]);
+    optimizer::<f32>(data, &SHARD_KEYS);
+    learner::<f32>(data);
+    learner::<f64>(data);
+    if let Ok(r) = CommitRecord::parse(data) {
+        assert!(r.ranks() >= 1 && r.generation() >= 1);
+    }
 });

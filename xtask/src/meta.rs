@@ -1,22 +1,19 @@
-//! `cargo xtask meta`: builds `meta-sinusoid` in release mode and runs the
-//! sinusoid benchmark (Meta-SGD, MAML, first-order MAML), writing
-//! `results.csv`, `learning.svg` and `sinusoid.svg` under
-//! `<target>/xtask-meta/`. Every flag is passed through.
+//! `cargo xtask meta`: builds `metasgd-meta`'s `sinusoid` example in release
+//! mode and runs the sinusoid benchmark (Meta-SGD, MAML, first-order MAML),
+//! writing `results.csv`, `learning.svg` and `sinusoid.svg` under
+//! `<target>/xtask-meta/`. Every flag is passed through (`--checkpoint DIR`
+//! saves and resumes; `--help` lists them).
 
 use std::process::Command;
 
 use crate::{project_root, target_dir};
 
-pub(crate) const USAGE: &str = "cargo xtask meta [--quick] [--shots 5,10] [--iterations N] [--methods meta-sgd,maml,fomaml] [--freq LO:HI] [--seed S] [--threads T] [--alpha-init A] [--eval-tasks N]";
+pub(crate) const USAGE: &str = "cargo xtask meta [--quick] [--shots 5,10] [--iterations N] [--methods meta-sgd,maml,fomaml] [--freq LO:HI] [--seed S] [--threads T] [--alpha-init A] [--eval-tasks N] [--checkpoint DIR] [--checkpoint-every N] [--stop-after N]";
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: {USAGE}");
-        return Ok(());
-    }
     let root = project_root();
     let target = target_dir(&root)?;
-    println!("[xtask] building meta-sinusoid (release)");
+    println!("[xtask] building the sinusoid example of metasgd-meta (release)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -25,18 +22,19 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "build",
             "--release",
             "-p",
-            "metasgd-benches",
-            "--bin",
-            "meta-sinusoid",
+            "metasgd-meta",
+            "--example",
+            "sinusoid",
         ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("building meta-sinusoid failed: {status}"));
+        return Err(format!("building the sinusoid example failed: {status}"));
     }
     let bin = target
         .join("release")
-        .join(format!("meta-sinusoid{}", std::env::consts::EXE_SUFFIX));
+        .join("examples")
+        .join(format!("sinusoid{}", std::env::consts::EXE_SUFFIX));
     let out = target.join("xtask-meta");
     let status = Command::new(&bin)
         .args(args)
@@ -47,6 +45,6 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("meta-sinusoid failed: {status}"))
+        Err(format!("the sinusoid example failed: {status}"))
     }
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask mpi`: builds `mpi-check` with the `mpi` feature and runs it
 //! under `mpirun` on 1, 2, 3 and 4 ranks, then resharding 4 -> 2 and
-//! 2 -> 3; prints one line per run and fails on any mismatch. Then runs the
-//! `train_mpi` example on 2 ranks and resumes it on 3.
+//! 2 -> 3; kills a rank in the middle of a save (2 ranks, then 3) and
+//! resumes the last committed generation on another rank count; prints one
+//! line per run and fails on any mismatch. Then runs the `train_mpi` example
+//! on 2 ranks and resumes it on 3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,7 +92,7 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
     }
     let root = project_root();
     let target = target_dir(&root)?;
-    println!("[xtask] building mpi-check and the train_mpi example (release, --features mpi)");
+    println!("[xtask] building the mpi-check and train_mpi examples (release, --features mpi)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -101,7 +103,7 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
             "metasgd-dist",
             "--features",
             "mpi",
-            "--bin",
+            "--example",
             "mpi-check",
             "--example",
             "train_mpi",
@@ -113,6 +115,7 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
     }
     let bin: PathBuf = target
         .join("release")
+        .join("examples")
         .join(format!("mpi-check{}", std::env::consts::EXE_SUFFIX));
     let mut lines = Vec::new();
     for ranks in 1..=4 {
@@ -156,6 +159,56 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
             ]);
         lines.extend(run(resume, "reshard ")?);
     }
+    // A rank killed mid-save: the job dies, the previous generation resumes.
+    for (from, to, kill) in [(2, 3, 1), (3, 2, 0)] {
+        let dir = target
+            .join("xtask-mpi")
+            .join(format!("kill-{from}-rank{kill}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (first, more) = (3, 2);
+        let mut save = mpirun(from);
+        save.arg(&bin).arg("kill-save").args(dir_args(&dir)).args([
+            "--steps",
+            &first.to_string(),
+            "--more",
+            &more.to_string(),
+            "--kill-rank",
+            &kill.to_string(),
+        ]);
+        let out = save
+            .output()
+            .map_err(|e| format!("cannot run {save:?}: {e}"))?;
+        if out.status.success() {
+            return Err(format!(
+                "{save:?} should have died mid-save, but succeeded:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        println!(
+            "killed rank {kill} of {from} mid-save ({}), left {}; resuming on {to} ranks",
+            out.status,
+            left.join(" ")
+        );
+        let mut resume = mpirun(to);
+        resume
+            .arg(&bin)
+            .arg("reshard-resume")
+            .args(dir_args(&dir))
+            .args([
+                "--from",
+                &from.to_string(),
+                "--steps",
+                &first.to_string(),
+                "--total",
+                &(first + more + 1).to_string(),
+            ]);
+        lines.extend(run(resume, "reshard ")?);
+    }
     // The README's training example: 2 ranks, then resumed on 3.
     let example = target
         .join("release")
@@ -171,7 +224,7 @@ pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
     let bad: Vec<&String> = lines.iter().filter(|l| mismatches(l) != Some(0)).collect();
     if bad.is_empty() {
         println!(
-            "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks and across resharding"
+            "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks, across resharding, and after a rank killed mid-save"
         );
         Ok(())
     } else {

@@ -2,8 +2,10 @@
 //!
 //! Each rank fits the same linear model `y = x W + b` to its own slice of a
 //! synthetic data set; the per-parameter learning rates are split across
-//! the ranks (ZeRO-1). A checkpoint is written every 50 steps; a run
-//! started again resumes from it, on any number of ranks.
+//! the ranks (ZeRO-1). A checkpoint (the optimizer's shards and the
+//! replicated model, committed together) is written every 50 steps; a run
+//! started again resumes from the last committed one, on any number of
+//! ranks.
 //!
 //! ```text
 //! cargo build --release -p metasgd-dist --features mpi --example train_mpi
@@ -58,50 +60,6 @@ fn loss_grad(params: &[ArrayD<f32>], x: &Array2<f32>, y: &Array2<f32>) -> (f32, 
     )
 }
 
-/// The model as a safetensors file (`param.0`, `param.1`).
-fn save_params(
-    params: &[ArrayD<f32>],
-    path: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let bytes: Vec<Vec<u8>> = params
-        .iter()
-        .map(|p| p.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = params
-        .iter()
-        .zip(&bytes)
-        .enumerate()
-        .map(|(j, (p, b))| {
-            let v = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                p.shape().to_vec(),
-                b,
-            )?;
-            Ok((format!("param.{j}"), v))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let tmp = path.with_extension("tmp");
-    safetensors::serialize_to_file(views, None, &tmp)?;
-    std::fs::rename(tmp, path)?;
-    Ok(())
-}
-
-fn load_params(path: &std::path::Path) -> Result<Vec<ArrayD<f32>>, Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(path)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)?;
-    (0..shapes().len())
-        .map(|j| {
-            let t = file.tensor(&format!("param.{j}"))?;
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok(ArrayD::from_shape_vec(IxDyn(t.shape()), v)?)
-        })
-        .collect()
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = mpi::initialize().ok_or("MPI was initialised twice")?;
     let comm = MpiCollective::new(universe.world());
@@ -111,12 +69,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(200);
     std::fs::create_dir_all(&dir)?;
 
-    // Resume if a checkpoint exists (written on any number of ranks), else start fresh.
-    let params_file = dir.join("params.safetensors");
-    let (mut opt, mut params) = if params_file.exists() {
-        let opt = ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes())?;
-        // The model is replicated: every rank reads the same file.
-        (opt, load_params(&params_file)?)
+    // Resume if a committed checkpoint exists (written on any number of
+    // ranks), else start fresh.
+    let (mut opt, mut params) = if dir.join(metasgd_dist::COMMIT_FILE).exists() {
+        let (opt, tensors) =
+            ShardedMetaSGD::<f32, _>::load_state_with_tensors(comm, &dir, shapes())?;
+        // The model is replicated: rank 0 stored it once, every rank reads it.
+        let p: Vec<ArrayD<f32>> = tensors.into_iter().map(|(_, t)| t).collect();
+        if p.len() != shapes().len() {
+            return Err(format!(
+                "{} model tensors in the checkpoint, expected {}",
+                p.len(),
+                shapes().len()
+            )
+            .into());
+        }
+        (opt, p)
     } else {
         let template = MetaSGD::new(0.05_f32)
             .with_inner_steps(1)
@@ -132,10 +100,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gv: Vec<_> = grads.iter().map(|g| g.view()).collect();
         opt.step(&mut views, &gv)?;
         if (step + 1) % 50 == 0 || step + 1 == steps {
-            opt.save_state(&dir)?;
+            // The model and the optimizer in one commit: never one without the other.
+            let names = ["weight", "bias"];
+            let tensors: Vec<(&str, _)> = names
+                .iter()
+                .copied()
+                .zip(params.iter().map(|p| p.view()))
+                .collect();
+            opt.save_state_with_tensors(&dir, &tensors)?;
             if rank == 0 {
-                // The replicated model is saved once, by rank 0.
-                save_params(&params, &params_file)?;
                 println!(
                     "step {:>4}: loss on rank 0's data {loss:.6}; checkpoint in {}",
                     step + 1,

@@ -97,16 +97,22 @@ fn shapes_text(shapes: &[Vec<usize>]) -> String {
     format!("[{}]", inner.join(","))
 }
 
-/// The commit record: what a generation holds, written last.
+/// The commit record (`dir/COMMIT`): which generation of a sharded
+/// checkpoint is committed, its rank count and shapes, each shard's size and
+/// CRC32C, and the kept generations; written by rank 0 last, atomically, as
+/// pretty JSON followed by a line `crc32c <8 hex digits>` of the JSON.
+///
+/// Loading goes through it; it is public so that tools can tell which
+/// generation a directory holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Record {
+pub struct CommitRecord {
     format: String,
     version: u32,
     /// The committed generation (`gen-{generation:08}`).
-    pub(crate) generation: u64,
+    generation: u64,
     /// Ranks that wrote it (one shard each).
-    pub(crate) ranks: usize,
+    ranks: usize,
     global_len: usize,
     shapes: Vec<Vec<usize>>,
     shards: Vec<ShardEntry>,
@@ -122,7 +128,7 @@ struct ShardEntry {
     crc32c: String,
 }
 
-impl Record {
+impl CommitRecord {
     /// The record's bytes: pretty JSON, then a line with its CRC32C.
     fn to_bytes(&self) -> Result<Vec<u8>> {
         let body = serde_json::to_string_pretty(self)
@@ -130,10 +136,26 @@ impl Record {
         Ok(format!("{body}\ncrc32c {}\n", crc32c_hex(body.as_bytes())).into_bytes())
     }
 
-    /// Parses and checks a record: its checksum first, then every field.
-    /// The file names it lists must be exactly the expected ones: a record
-    /// never makes the loader open another path.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
+    /// The committed generation: its shards are in `gen-{generation:08}/`.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The number of ranks (and shards) of the committed generation.
+    pub fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    /// The tensor shapes the checkpoint was written with.
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    /// Parses and checks a record: its checksum first, then every field
+    /// ([`Error::InvalidCheckpoint`] otherwise). The file names it lists
+    /// must be exactly the expected ones: a record never makes the loader
+    /// open another path.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
         let bad = |reason: String| Error::invalid_checkpoint(COMMIT_FILE, reason);
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
         let (body, tail) = text
@@ -149,7 +171,7 @@ impl Record {
                 "checksum mismatch: stored {stored}, computed {computed} (the record is corrupt)"
             )));
         }
-        let r: Record = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
+        let r: CommitRecord = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
         if r.format != RECORD_FORMAT || r.version != RECORD_VERSION {
             return Err(bad(format!(
                 "format {:?} version {}, expected {RECORD_FORMAT:?} version {RECORD_VERSION}",
@@ -196,7 +218,7 @@ impl Record {
     }
 
     /// Reads `dir/COMMIT`; `Ok(None)` when there is none.
-    fn read(dir: &Path) -> Result<Option<Self>> {
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(COMMIT_FILE);
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -229,7 +251,7 @@ fn next_generation(dir: &Path) -> Result<u64> {
             newest = newest.max(g);
         }
     }
-    if let Ok(Some(r)) = Record::read(dir) {
+    if let Ok(Some(r)) = CommitRecord::read(dir) {
         newest = newest.max(r.generation);
     }
     newest
@@ -240,14 +262,14 @@ fn next_generation(dir: &Path) -> Result<u64> {
 /// Where a checkpoint's shards are.
 enum Source {
     /// A committed generation.
-    Committed { dir: PathBuf, record: Record },
+    Committed { dir: PathBuf, record: CommitRecord },
     /// The layout before the commit protocol: shard files in `dir`.
     Legacy { dir: PathBuf, ranks: usize },
 }
 
 impl Source {
     fn find<A: Element>(dir: &Path) -> Result<Self> {
-        match Record::read(dir)? {
+        match CommitRecord::read(dir)? {
             Some(record) => Ok(Source::Committed {
                 dir: dir.join(generation_name(record.generation)),
                 record,
@@ -460,7 +482,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     /// is removed).
     fn commit(&self, dir: &Path, generation: u64, sizes: &[u8]) -> Result<Option<Vec<u64>>> {
         sync_dir(dir)?;
-        let previous = Record::read(dir);
+        let previous = CommitRecord::read(dir);
         let mut kept: Vec<u64> = match &previous {
             Ok(Some(r)) => r.kept.iter().copied().filter(|&g| g < generation).collect(),
             _ => Vec::new(),
@@ -480,7 +502,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 }
             })
             .collect();
-        let record = Record {
+        let record = CommitRecord {
             format: RECORD_FORMAT.into(),
             version: RECORD_VERSION,
             generation,
@@ -673,8 +695,8 @@ fn remove_stale(dir: &Path, kept: &[u64]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn record() -> Record {
-        Record {
+    fn record() -> CommitRecord {
+        CommitRecord {
             format: RECORD_FORMAT.into(),
             version: RECORD_VERSION,
             generation: 7,
@@ -696,13 +718,13 @@ mod tests {
     fn every_single_bit_flip_of_a_record_is_refused_or_harmless() {
         let r = record();
         let bytes = r.to_bytes().unwrap();
-        assert_eq!(Record::parse(&bytes).unwrap(), r);
+        assert_eq!(CommitRecord::parse(&bytes).unwrap(), r);
         let mut b = bytes.clone();
         let mut refused = 0;
         for i in 0..b.len() {
             for bit in 0..8 {
                 b[i] ^= 1 << bit;
-                match Record::parse(&b) {
+                match CommitRecord::parse(&b) {
                     Ok(got) => assert_eq!(got, r, "byte {i} bit {bit}"),
                     Err(Error::InvalidCheckpoint { .. }) => refused += 1,
                     Err(e) => panic!("{e}"),
@@ -728,9 +750,19 @@ mod tests {
             let r = record();
             let body = serde_json::to_string_pretty(&r).unwrap().replace(from, to);
             let bytes = format!("{body}\ncrc32c {}\n", crc32c_hex(body.as_bytes()));
-            let e = Record::parse(bytes.as_bytes()).unwrap_err();
+            let e = CommitRecord::parse(bytes.as_bytes()).unwrap_err();
             assert!(e.to_string().contains("is named"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_fuzz_seed_is_a_valid_record() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/corpus/from_state_bytes/seed-commit"
+        );
+        let r = CommitRecord::parse(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!((r.generation(), r.ranks()), (1, 2));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub mod reference;
 mod sharded;
 mod threads;
 
-pub use checkpoint::COMMIT_FILE;
+pub use checkpoint::{COMMIT_FILE, CommitRecord};
 pub use collective::Collective;
 #[cfg(feature = "mpi")]
 pub use mpi_collective::MpiCollective;

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use metasgd_core::{Error, MetaSGD, Result};
+use metasgd_core::{Error, MAX_INNER_STEPS, MetaSGD, Result};
 use metasgd_kernels::meta::{self, Adam};
 use metasgd_kernels::{Element, scalar};
 use ndarray::ArrayD;
@@ -40,17 +40,21 @@ pub struct MetaGradient<A> {
 /// fixed rate), first-order MAML with `.with_order(Order::First)`.
 #[derive(Clone, Debug)]
 pub struct MetaLearner<A: Element> {
-    theta: Vec<ArrayD<A>>,
-    alpha: Vec<ArrayD<A>>,
-    learn_alpha: bool,
-    inner_steps: usize,
-    order: Order,
-    outer_lr: A,
-    step: u32,
-    m_theta: Vec<ArrayD<A>>,
-    v_theta: Vec<ArrayD<A>>,
-    m_alpha: Vec<ArrayD<A>>,
-    v_alpha: Vec<ArrayD<A>>,
+    pub(crate) theta: Vec<ArrayD<A>>,
+    pub(crate) alpha: Vec<ArrayD<A>>,
+    pub(crate) learn_alpha: bool,
+    pub(crate) inner_steps: usize,
+    pub(crate) order: Order,
+    pub(crate) outer_lr: A,
+    /// Adam's moment decays and epsilon.
+    pub(crate) beta1: A,
+    pub(crate) beta2: A,
+    pub(crate) eps: A,
+    pub(crate) step: u32,
+    pub(crate) m_theta: Vec<ArrayD<A>>,
+    pub(crate) v_theta: Vec<ArrayD<A>>,
+    pub(crate) m_alpha: Vec<ArrayD<A>>,
+    pub(crate) v_alpha: Vec<ArrayD<A>>,
 }
 
 fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
@@ -104,6 +108,9 @@ impl<A: Element> MetaLearner<A> {
             inner_steps: 1,
             order: Order::Second,
             outer_lr: A::from(1e-3).unwrap_or(A::ZERO),
+            beta1: A::from(0.9).unwrap_or(A::ZERO),
+            beta2: A::from(0.999).unwrap_or(A::ZERO),
+            eps: A::from(1e-8).unwrap_or(A::ZERO),
             step: 0,
         }
     }
@@ -118,9 +125,18 @@ impl<A: Element> MetaLearner<A> {
         Self::new(init, inner_lr, false)
     }
 
-    /// Adaptation steps per task (default 1; 0 is stored as 1).
+    /// Adaptation steps per task (default 1; 0 is stored as 1; more than
+    /// [`metasgd_core::MAX_INNER_STEPS`] is reported by the next meta-step).
     pub fn with_inner_steps(mut self, k: usize) -> Self {
-        self.inner_steps = k.max(1);
+        self.inner_steps = metasgd_kernels::inner_steps(k);
+        self
+    }
+
+    /// Adam's moment decays and epsilon for the outer update (defaults
+    /// `0.9`, `0.999`, `1e-8`). Each decay must be in `[0, 1)` and epsilon
+    /// finite and `> 0`; the next meta-step reports a value that is not.
+    pub fn with_adam(mut self, beta1: A, beta2: A, eps: A) -> Self {
+        (self.beta1, self.beta2, self.eps) = (beta1, beta2, eps);
         self
     }
 
@@ -206,6 +222,36 @@ impl<A: Element> MetaLearner<A> {
         Ok(())
     }
 
+    /// The outer optimizer's settings, checked before anything moves.
+    fn check_settings(&self) -> Result<()> {
+        let bad = |name: &'static str, v: A, requirement: &'static str| {
+            Err(Error::InvalidHyperparameter {
+                name,
+                value: v.to_f64().unwrap_or(f64::NAN),
+                requirement,
+            })
+        };
+        if !(self.outer_lr.is_finite() && self.outer_lr >= A::ZERO) {
+            return bad("outer_lr", self.outer_lr, "finite and >= 0");
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(b >= A::ZERO && b < A::one()) {
+                return bad(name, b, "in [0, 1)");
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > A::ZERO) {
+            return bad("eps", self.eps, "finite and > 0");
+        }
+        if self.step == u32::MAX {
+            return bad(
+                "step",
+                A::from(self.step).unwrap_or(A::ZERO),
+                "below 2^32 - 1",
+            );
+        }
+        Ok(())
+    }
+
     /// One task's query loss and meta-gradient.
     fn task_gradient<O: Objective<A>>(
         &self,
@@ -278,6 +324,13 @@ impl<A: Element> MetaLearner<A> {
         obj: &O,
         tasks: &[Task<O::Batch>],
     ) -> Result<MetaGradient<A>> {
+        if self.inner_steps > MAX_INNER_STEPS {
+            return Err(Error::InvalidHyperparameter {
+                name: "inner_steps",
+                value: self.inner_steps as f64,
+                requirement: "at most MAX_INNER_STEPS (1000)",
+            });
+        }
         if tasks.is_empty() {
             return Err(Error::LengthMismatch {
                 params: self.theta.len(),
@@ -328,10 +381,10 @@ impl<A: Element> MetaLearner<A> {
     /// initialisation and (Meta-SGD) the rates. Returns the mean query loss
     /// before the update. On error nothing changes.
     pub fn meta_step<O: Objective<A>>(&mut self, obj: &O, tasks: &[Task<O::Batch>]) -> Result<A> {
+        self.check_settings()?;
         let g = self.meta_gradient(obj, tasks)?;
         self.step += 1;
-        let a = |x: f64| A::from(x).unwrap_or(A::ZERO);
-        let cfg = Adam::new(self.outer_lr, a(0.9), a(0.999), a(1e-8), self.step);
+        let cfg = Adam::new(self.outer_lr, self.beta1, self.beta2, self.eps, self.step);
         let groups = [
             (
                 &mut self.theta,

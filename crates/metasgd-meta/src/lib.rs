@@ -35,6 +35,7 @@
 //! # Ok::<(), metasgd_core::Error>(())
 //! ```
 
+mod checkpoint;
 mod learner;
 mod mlp;
 mod sinusoid;

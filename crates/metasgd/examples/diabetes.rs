@@ -3,17 +3,18 @@
 //! inside `linfa-datasets`, nothing is downloaded), trained with `MetaSGD`
 //! and, from the same initialisation, with plain SGD at the same base rate.
 //!
-//! Halfway, the MetaSGD run is checkpointed (optimizer: `save_state`; model:
-//! a safetensors file), a fresh model and optimizer are loaded from disk and
-//! finish the run; the resumed run must end bitwise equal to the
-//! uninterrupted one. The loss curves go to `target/examples/diabetes-loss.svg`.
+//! Halfway, the MetaSGD run is checkpointed: the optimizer, the model's
+//! tensors and the epoch in one atomic, checksummed file
+//! (`save_state_with_tensors`), so a crash can never pair a model of one
+//! epoch with an optimizer of another. A fresh model and optimizer are
+//! loaded from it and finish the run; the resumed run must end bitwise equal
+//! to the uninterrupted one. The loss curves go to `target/examples/diabetes-loss.svg`.
 //!
 //! ```text
 //! cargo run --release -p metasgd --example diabetes            # 600 epochs
 //! cargo run --release -p metasgd --example diabetes -- --smoke # 40 epochs (CI)
 //! ```
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -190,54 +191,46 @@ fn evaluate(params: &Params, data: &Data) -> (f32, f32) {
     (train, test)
 }
 
-/// The model's tensors and the epoch reached, as a safetensors file.
-fn save_model(params: &Params, epoch: usize, path: &Path) -> std::io::Result<()> {
-    let bytes: Vec<Vec<u8>> = params
+/// The optimizer, the model's tensors and the epoch reached, in one file.
+fn save_checkpoint(
+    opt: &MetaSGD<f32>,
+    params: &Params,
+    epoch: usize,
+    path: &Path,
+) -> metasgd::Result<()> {
+    // Epoch counts stay far below 2^24, where f32 is exact.
+    let epoch = ArrayD::from_elem(IxDyn(&[]), epoch as f32);
+    let names: Vec<String> = (0..params.len()).map(|j| format!("param.{j}")).collect();
+    let mut tensors: Vec<(&str, _)> = names
         .iter()
-        .map(|p| p.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .zip(params)
+        .map(|(n, p)| (n.as_str(), p.view()))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = params
-        .iter()
-        .zip(&bytes)
-        .enumerate()
-        .map(|(j, (p, b))| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                p.shape().to_vec(),
-                b,
-            )
-            .expect("consistent tensor");
-            (format!("param.{j}"), view)
-        })
-        .collect();
-    let meta = HashMap::from([("epoch".to_string(), epoch.to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path).map_err(std::io::Error::other)
+    tensors.push(("epoch", epoch.view()));
+    opt.save_state_with_tensors(path, &tensors)
 }
 
-fn load_model(path: &Path) -> std::io::Result<(Params, usize)> {
-    let bytes = std::fs::read(path)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(std::io::Error::other)?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(std::io::Error::other)?;
-    let epoch = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("epoch"))
-        .and_then(|e| e.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no epoch in the model checkpoint"))?;
+fn load_checkpoint(
+    path: &Path,
+) -> Result<(MetaSGD<f32>, Params, usize), Box<dyn std::error::Error>> {
+    let (opt, tensors) = MetaSGD::<f32>::load_state_with_tensors(path)?;
     let mut params = Vec::new();
-    for j in 0..4 {
-        let t = file
-            .tensor(&format!("param.{j}"))
-            .map_err(std::io::Error::other)?;
-        let v = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        params.push(ArrayD::from_shape_vec(IxDyn(t.shape()), v).map_err(std::io::Error::other)?);
+    let mut epoch = None;
+    for (name, t) in tensors {
+        match name.as_str() {
+            "epoch" => epoch = t.iter().next().map(|&e| e as usize),
+            _ => params.push(t),
+        }
     }
-    Ok((params, epoch))
+    let epoch = epoch.ok_or("no epoch in the checkpoint")?;
+    if params.len() != 4 {
+        return Err(format!(
+            "{} model tensors in the checkpoint, expected 4",
+            params.len()
+        )
+        .into());
+    }
+    Ok((opt, params, epoch))
 }
 
 /// Loss per epoch of one run: (train, test).
@@ -350,8 +343,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let out = output_dir();
     std::fs::create_dir_all(&out)?;
-    let opt_path = out.join("diabetes-metasgd.safetensors");
-    let model_path = out.join("diabetes-model.safetensors");
+    let checkpoint = out.join("diabetes-checkpoint.safetensors");
 
     let bar = ProgressBar::new(3 * epochs as u64 - epochs as u64 / 2);
     bar.set_style(ProgressStyle::with_template(
@@ -379,16 +371,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Trainer::MetaSgd(opt) = &t else {
         unreachable!("a MetaSGD run")
     };
-    opt.save_state(&opt_path)?;
-    save_model(&p, half, &model_path)?;
+    save_checkpoint(opt, &p, half, &checkpoint)?;
     let (meta_params, t) = train(p, t, &data, half..epochs, &mut meta_curve, &bar, "metasgd");
     let Trainer::MetaSgd(meta_opt) = t else {
         unreachable!("a MetaSGD run")
     };
 
     // Resumed from disk in a fresh model and optimizer.
-    let (p, from) = load_model(&model_path)?;
-    let opt = MetaSGD::<f32>::load_state(&opt_path)?;
+    let (opt, p, from) = load_checkpoint(&checkpoint)?;
     let mut resumed_curve = meta_curve[..from].to_vec();
     let (resumed_params, t) = train(
         p,
@@ -450,11 +440,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "learned per-parameter rates: {} of them, from {lo:.5} to {hi:.5} (all started at {BASE_LR})",
         alphas.len()
     );
-    println!(
-        "checkpoints: {} and {}",
-        opt_path.display(),
-        model_path.display()
-    );
+    println!("checkpoint (optimizer and model): {}", checkpoint.display());
     println!("loss curves written to {}", svg.display());
     println!("run time {:.2} s", start.elapsed().as_secs_f64());
     let meta_mse = evaluate(&meta_params, &data).1;

@@ -74,8 +74,9 @@ impl View for &Entry {
 }
 
 /// Checks a tensor name or metadata key: non-empty, at most
-/// [`MAX_NAME_LEN`] bytes, no control characters.
-pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+/// [`MAX_NAME_LEN`] bytes, no control characters (`what` names the field
+/// in the error).
+pub fn check_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
         return Err(Error::invalid_checkpoint(
             what,

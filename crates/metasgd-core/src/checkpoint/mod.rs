@@ -16,10 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use container::{FORMAT_VERSION, MAX_NAME_LEN, Reader, Writer, crc32c_hex};
+pub use container::{FORMAT_VERSION, MAX_NAME_LEN, Reader, Writer, check_name, crc32c_hex};
 pub use state::{Loaded, NamedTensors};
-
-pub(crate) use container::check_name;
 
 use crate::{Error, Result};
 

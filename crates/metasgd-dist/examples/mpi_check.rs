@@ -5,14 +5,22 @@
 //! mpirun -n R mpi-check run --elements N --steps S
 //! mpirun -n R1 mpi-check reshard-save   --dir D --steps S1
 //! mpirun -n R2 mpi-check reshard-resume --dir D --from R1 --steps S1 --total S
+//! mpirun -n R1 mpi-check kill-save --dir D --steps S1 --more S2 --kill-rank K
 //! ```
+//!
+//! `kill-save` trains S1 steps and saves (a committed generation), trains S2
+//! more and saves again, with rank K exiting at its third collective call of
+//! that save (after its shard is written, before every rank has reported):
+//! the job dies, and `reshard-resume --steps S1` must find the first
+//! generation and resume it bitwise.
 //!
 //! Every rank derives its local gradients from (rank, step), so every rank
 //! can also compute the one-process reference (sum in rank order, divide,
 //! `step_list_inplace`) and count the elements where the sharded result
 //! differs. Rank 0 prints one line per run.
 
-use std::path::PathBuf;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
@@ -147,6 +155,56 @@ where
     (mismatches, median, bytes, sharded.into_collective())
 }
 
+/// Saves the optimizer with the replicated model (stored once, by rank 0).
+fn save<C: Collective>(sharded: &ShardedMetaSGD<f32, C>, dir: &Path, params: &[ArrayD<f32>]) {
+    let names: Vec<String> = (0..params.len()).map(|j| format!("param.{j}")).collect();
+    let tensors: Vec<(&str, _)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(params.iter().map(|p| p.view()))
+        .collect();
+    sharded
+        .save_state_with_tensors(dir, &tensors)
+        .expect("save");
+}
+
+/// A rank that exits at its n-th collective call from when it is armed, as
+/// a killed process would.
+struct Dying {
+    inner: MpiCollective,
+    countdown: Cell<usize>,
+}
+
+impl Dying {
+    fn tick(&self) {
+        match self.countdown.get() {
+            0 => {}
+            1 => {
+                eprintln!("rank {}: killed mid-save (test)", self.inner.rank());
+                std::process::exit(17);
+            }
+            n => self.countdown.set(n - 1),
+        }
+    }
+}
+
+impl Collective for Dying {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn all_to_all(&self, send: &[u8], recv: &mut [u8]) {
+        self.tick();
+        self.inner.all_to_all(send, recv);
+    }
+    fn all_gather(&self, send: &[u8], recv: &mut [u8]) {
+        self.tick();
+        self.inner.all_gather(send, recv);
+    }
+}
+
 fn arg(args: &[String], flag: &str) -> Option<String> {
     args.iter()
         .position(|a| a == flag)
@@ -218,15 +276,38 @@ fn main() {
                     .step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
                     .expect("step");
             }
-            sharded.save_state(&dir).expect("save");
-            if rank == 0 {
-                // The model is the caller's to keep: every rank holds it; rank 0 writes it.
-                let bytes: Vec<u8> = params
-                    .iter()
-                    .flat_map(|p| p.iter().flat_map(|v| v.to_le_bytes()))
-                    .collect();
-                std::fs::write(dir.join("params.bin"), bytes).expect("write params");
+            save(&sharded, &dir, &params);
+        }
+        Some("kill-save") => {
+            let dir = PathBuf::from(arg(&args, "--dir").expect("--dir"));
+            let steps = num(&args, "--steps", 3);
+            let more = num(&args, "--more", 2);
+            let kill = num(&args, "--kill-rank", 1);
+            let shapes = shapes(num(&args, "--elements", 1000));
+            let comm = Dying {
+                inner: comm,
+                countdown: Cell::new(0),
+            };
+            let mut sharded =
+                ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
+                    .expect("shapes");
+            let mut params = reference::test_params::<f32>(&shapes);
+            for step in 0..steps + more {
+                let g = grads::<f32>(&shapes, rank, step, None);
+                let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+                sharded
+                    .step(&mut views, &g.iter().map(|g| g.view()).collect::<Vec<_>>())
+                    .expect("step");
+                if step + 1 == steps {
+                    save(&sharded, &dir, &params);
+                }
             }
+            if rank == kill {
+                sharded.collective().countdown.set(3);
+            }
+            save(&sharded, &dir, &params);
+            eprintln!("rank {rank}: the save completed, but rank {kill} should have died");
+            std::process::exit(3);
         }
         Some("reshard-resume") => {
             let dir = PathBuf::from(arg(&args, "--dir").expect("--dir"));
@@ -234,30 +315,24 @@ fn main() {
             let first = num(&args, "--steps", 3);
             let total = num(&args, "--total", 6);
             let shapes = shapes(num(&args, "--elements", 1000));
-            let raw = std::fs::read(dir.join("params.bin")).expect("params.bin");
-            let flat: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            let mut at = 0;
-            let mut params: Vec<ArrayD<f32>> = shapes
-                .iter()
-                .map(|s| {
-                    let n: usize = s.iter().product();
-                    let a =
-                        ArrayD::from_shape_vec(IxDyn(s), flat[at..at + n].to_vec()).expect("shape");
-                    at += n;
-                    a
-                })
-                .collect();
-            let mut sharded = match ShardedMetaSGD::<f32, _>::load_state(comm, &dir, shapes.clone())
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("rank {rank}: cannot load: {e}");
-                    std::process::exit(1);
-                }
-            };
+            let (mut sharded, tensors) =
+                match ShardedMetaSGD::<f32, _>::load_state_with_tensors(comm, &dir, shapes.clone())
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("rank {rank}: cannot load: {e}");
+                        std::process::exit(1);
+                    }
+                };
+            // The model was committed with the optimizer, by rank 0.
+            let mut params: Vec<ArrayD<f32>> = tensors.into_iter().map(|(_, t)| t).collect();
+            if sharded.get_step_count() != first {
+                eprintln!(
+                    "rank {rank}: loaded step {}, expected the generation of step {first}",
+                    sharded.get_step_count()
+                );
+                std::process::exit(1);
+            }
             for step in first..total {
                 let g = grads::<f32>(&shapes, rank, step, None);
                 let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
@@ -287,7 +362,7 @@ fn main() {
         _ => {
             if rank == 0 {
                 eprintln!(
-                    "usage: mpi-check (run [--elements N] [--steps S] | reshard-save --dir D [--steps S] | reshard-resume --dir D --from R --steps S --total T)"
+                    "usage: mpi-check (run [--elements N] [--steps S] | reshard-save --dir D [--steps S] | reshard-resume --dir D --from R --steps S --total T | kill-save --dir D --steps S --more M --kill-rank K)"
                 );
             }
             std::process::exit(2);

@@ -1,23 +1,31 @@
-//! `meta-sinusoid`: the sinusoid benchmark of MAML and Meta-SGD, run by
-//! `cargo xtask meta`.
+//! The sinusoid benchmark of MAML and Meta-SGD (Finn et al. 2017, Li et al.
+//! 2017), run by `cargo xtask meta`.
 //!
 //! Tasks `y = A sin(w x + b)` (`A` in [0.1, 5], `b` in [0, pi], `w` = 1 by
 //! default, `x` in [-5, 5]); a 1-40-40-1 ReLU network; meta-batches of 4
 //! tasks with 10 query points; Adam 1e-3. Evaluation: 1,000 fresh tasks, 100
 //! query points each, MSE after one adaptation step, with a 95% interval.
 //!
+//! With `--checkpoint DIR` each run saves its whole state (the learner,
+//! Adam's moments, the loss history) every `--checkpoint-every` iterations
+//! and resumes from it when started again: the task stream is a function of
+//! (seed, shots, iteration), so a resumed run is bitwise the uninterrupted
+//! one. `--stop-after N` ends each run after N iterations (saved), as a
+//! killed job would; the last line of each run prints a checksum of the
+//! final parameters to compare runs by.
+//!
 //! ```text
-//! meta-sinusoid [--quick] [--shots 5,10] [--iterations N] [--methods meta-sgd,maml,fomaml]
-//!               [--freq LO:HI] [--seed S] [--threads T] [--alpha-init A] [--eval-tasks N] [--out DIR]
+//! cargo run --release -p metasgd-meta --example sinusoid -- --help
 //! ```
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use metasgd::meta::{MetaLearner, Mlp, Order, Regression, Sine, Sinusoid, Task};
-use metasgd::ndarray::{Array2, ArrayD};
+use metasgd_meta::{MetaLearner, Mlp, Order, Regression, Sine, Sinusoid, Task};
+use ndarray::{Array1, Array2, ArrayD};
 use plotters::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,10 +39,12 @@ const MAML_LR: f32 = 0.01;
 const OUTER_LR: f32 = 1e-3;
 const EVAL_QUERY: usize = 100;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Method {
+    #[value(name = "meta-sgd")]
     MetaSgd,
     Maml,
+    #[value(name = "fomaml")]
     FoMaml,
 }
 
@@ -44,15 +54,6 @@ impl Method {
             Method::MetaSgd => "meta-sgd",
             Method::Maml => "maml",
             Method::FoMaml => "fomaml",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "meta-sgd" => Ok(Method::MetaSgd),
-            "maml" => Ok(Method::Maml),
-            "fomaml" => Ok(Method::FoMaml),
-            other => Err(format!("unknown method {other:?} (meta-sgd, maml, fomaml)")),
         }
     }
 
@@ -66,84 +67,91 @@ impl Method {
     }
 }
 
+/// The sinusoid meta-learning benchmark: Meta-SGD, MAML and first-order MAML.
+#[derive(Parser, Debug)]
 struct Args {
+    /// A short run for CI (2,000 iterations, 100 evaluation tasks unless given).
+    #[arg(long)]
     quick: bool,
+    /// Support-set sizes to train and test with.
+    #[arg(long, value_delimiter = ',', default_value = "5,10")]
     shots: Vec<usize>,
-    iterations: usize,
+    /// Meta-iterations per run (default 60,000; 2,000 with --quick).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Methods to run.
+    #[arg(long, value_delimiter = ',', default_value = "meta-sgd,maml,fomaml")]
     methods: Vec<Method>,
+    /// Frequency range of the sine waves, LO:HI.
+    #[arg(long, default_value = "1:1", value_parser = parse_range)]
     freq: (f64, f64),
+    /// Seed of the initialisation and the task stream.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
-    threads: usize,
-    eval_tasks: usize,
+    /// Threads for the tasks of a meta-batch (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tasks in the final evaluation (default 1,000; 100 with --quick).
+    #[arg(long)]
+    eval_tasks: Option<usize>,
+    /// Meta-SGD's initial per-parameter rate.
+    #[arg(long, default_value_t = ALPHA_INIT)]
     alpha_init: f32,
+    /// Save every run's state here, and resume from it when present.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Iterations between checkpoints.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// End each run after this many iterations (saved), as a killed job would.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Where the CSV and SVGs go.
+    #[arg(long, default_value = "target/xtask-meta")]
     out: PathBuf,
 }
 
-/// A number given to `flag`.
-fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| format!("{flag}: cannot read {v:?}"))
+fn parse_range(v: &str) -> Result<(f64, f64), String> {
+    let (lo, hi) = v.split_once(':').ok_or("takes LO:HI")?;
+    let num = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((num(lo)?, num(hi)?))
 }
 
-/// A comma-separated list.
-fn list<T>(v: &str, each: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    v.split(',')
-        .map(|s| each(s.trim()))
-        .collect::<Result<_, _>>()
+/// The settings of a run, after defaults.
+struct Plan {
+    iterations: usize,
+    threads: usize,
+    eval_tasks: usize,
 }
 
-fn parse() -> Result<Args, String> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let quick = raw.iter().any(|a| a == "--quick");
-    let mut a = Args {
-        quick,
-        shots: vec![5, 10],
-        iterations: if quick { 2000 } else { 60_000 },
-        methods: vec![Method::MetaSgd, Method::Maml, Method::FoMaml],
-        freq: (1.0, 1.0),
-        seed: 1,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        eval_tasks: if quick { 100 } else { 1000 },
-        alpha_init: ALPHA_INIT,
-        out: PathBuf::from("target/xtask-meta"),
-    };
-    let mut i = 0;
-    while i < raw.len() {
-        let flag = raw[i].as_str();
-        if flag == "--quick" {
-            i += 1;
-            continue;
+impl Args {
+    fn plan(&self) -> Result<Plan, String> {
+        let plan = Plan {
+            iterations: self
+                .iterations
+                .unwrap_or(if self.quick { 2000 } else { 60_000 }),
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            eval_tasks: self
+                .eval_tasks
+                .unwrap_or(if self.quick { 100 } else { 1000 }),
+        };
+        if self.shots.is_empty()
+            || self.shots.contains(&0)
+            || self.methods.is_empty()
+            || plan.threads == 0
+            || plan.iterations == 0
+            || plan.eval_tasks == 0
+            || self.checkpoint_every == 0
+        {
+            return Err(
+                "shots, methods, threads, iterations, eval tasks and checkpoint-every must be non-empty and positive"
+                    .into(),
+            );
         }
-        let v = raw
-            .get(i + 1)
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag {
-            "--shots" => a.shots = list(v, |s| num(flag, s))?,
-            "--iterations" => a.iterations = num(flag, v)?,
-            "--methods" => a.methods = list(v, Method::parse)?,
-            "--freq" => {
-                let (lo, hi) = v.split_once(':').ok_or("--freq takes LO:HI")?;
-                a.freq = (num(flag, lo)?, num(flag, hi)?);
-            }
-            "--seed" => a.seed = num(flag, v)?,
-            "--threads" => a.threads = num(flag, v)?,
-            "--eval-tasks" => a.eval_tasks = num(flag, v)?,
-            "--alpha-init" => a.alpha_init = num(flag, v)?,
-            "--out" => a.out = PathBuf::from(v),
-            other => return Err(format!("unknown argument {other}")),
-        }
-        i += 2;
+        Ok(plan)
     }
-    if a.shots.is_empty()
-        || a.shots.contains(&0)
-        || a.methods.is_empty()
-        || a.threads == 0
-        || a.iterations == 0
-    {
-        return Err("shots, methods, threads and iterations must be non-empty and positive".into());
-    }
-    Ok(a)
 }
 
 /// One trained configuration.
@@ -155,6 +163,8 @@ struct Run {
     mse: f64,
     ci95: f64,
     seconds: f64,
+    /// Meta-iterations run by this process (fewer than `losses` when resumed).
+    ran: usize,
 }
 
 fn mse(pred: &Array2<f32>, y: &Array2<f32>) -> f64 {
@@ -188,36 +198,125 @@ fn evaluate(
     (mean, 1.96 * (var / n as f64).sqrt())
 }
 
+/// The tasks of iteration `it`: a function of (seed, shots, iteration)
+/// only, so a resumed run draws what the uninterrupted one drew.
+fn meta_batch(dist: &Sinusoid, seed: u64, shots: usize, it: usize) -> Vec<Task<Regression<f32>>> {
+    let mut rng = StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((shots as u64) << 48) ^ it as u64,
+    );
+    (0..META_BATCH)
+        .map(|_| dist.sample(&mut rng, shots, QUERY))
+        .collect()
+}
+
+/// A run's checkpoint: the learner, and its loss history in the same file.
+fn checkpoint_path(dir: &std::path::Path, method: Method, shots: usize) -> PathBuf {
+    dir.join(format!("{}-{shots}shot.safetensors", method.name()))
+}
+
+fn save(path: &std::path::Path, learner: &MetaLearner<f32>, losses: &[f32]) -> Result<(), String> {
+    let losses = Array1::from(losses.to_vec()).into_dyn();
+    learner
+        .save_state_with_tensors(path, &[("losses", losses.view())])
+        .map_err(|e| format!("cannot save {}: {e}", path.display()))
+}
+
+/// A run's saved state: the learner and its loss history.
+type Saved = (MetaLearner<f32>, Vec<f32>);
+
+fn resume(path: &std::path::Path) -> Result<Option<Saved>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (learner, tensors) = MetaLearner::<f32>::load_state_with_tensors(path)
+        .map_err(|e| format!("cannot resume from {}: {e}", path.display()))?;
+    let losses = match tensors.as_slice() {
+        [(name, l)] if name == "losses" && l.len() == learner.meta_steps() as usize => {
+            l.iter().copied().collect()
+        }
+        _ => {
+            return Err(format!(
+                "{} does not hold this program's loss history",
+                path.display()
+            ));
+        }
+    };
+    Ok(Some((learner, losses)))
+}
+
 fn train(
     net: &Mlp,
     method: Method,
     shots: usize,
     a: &Args,
+    plan: &Plan,
     dist: &Sinusoid,
     bar: &ProgressBar,
-) -> Run {
-    let mut learner = method.learner(net.init::<f32>(a.seed), a.alpha_init);
-    let mut rng = StdRng::seed_from_u64(a.seed.wrapping_mul(1000) + shots as u64);
-    let mut losses = Vec::with_capacity(a.iterations);
+) -> Result<Option<Run>, String> {
+    let path = a
+        .checkpoint
+        .as_ref()
+        .map(|d| checkpoint_path(d, method, shots));
+    let resumed = match &path {
+        Some(p) => resume(p)?,
+        None => None,
+    };
+    let (mut learner, mut losses) = resumed.unwrap_or_else(|| {
+        (
+            method.learner(net.init::<f32>(a.seed), a.alpha_init),
+            Vec::with_capacity(plan.iterations),
+        )
+    });
+    let start_at = losses.len();
+    if start_at > plan.iterations {
+        return Err(format!(
+            "the checkpoint is at iteration {start_at}, past --iterations {}",
+            plan.iterations
+        ));
+    }
+    if start_at > 0 {
+        bar.suspend(|| {
+            eprintln!(
+                "{} {shots}-shot: resumed at iteration {start_at}",
+                method.name()
+            )
+        });
+    }
+    let stop = plan.iterations.min(a.stop_after.unwrap_or(usize::MAX));
+    bar.set_position(start_at as u64);
     let start = Instant::now();
-    for it in 0..a.iterations {
-        let tasks: Vec<Task<Regression<f32>>> = (0..META_BATCH)
-            .map(|_| dist.sample(&mut rng, shots, QUERY))
-            .collect();
+    for it in start_at..stop {
+        let tasks = meta_batch(dist, a.seed, shots, it);
         let loss = learner
             .meta_step(net, &tasks)
-            .expect("the network's shapes are consistent");
+            .map_err(|e| format!("meta-step {it}: {e}"))?;
         losses.push(loss);
-        if it % 100 == 99 || it + 1 == a.iterations {
+        let done = it + 1;
+        if let Some(p) = &path
+            && (done % a.checkpoint_every == 0 || done == stop)
+        {
+            save(p, &learner, &losses)?;
+        }
+        if done % 100 == 0 || done == stop {
             let recent = &losses[losses.len().saturating_sub(500)..];
             let avg = recent.iter().sum::<f32>() / recent.len() as f32;
-            bar.set_position(it as u64 + 1);
+            bar.set_position(done as u64);
             bar.set_message(format!("meta-loss {avg:.3}"));
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (mse, ci95) = evaluate(net, &learner, dist, shots, a.eval_tasks, a.seed);
-    Run {
+    let ran = stop.saturating_sub(start_at);
+    if stop < plan.iterations {
+        bar.suspend(|| {
+            eprintln!(
+                "{} {shots}-shot: stopped after iteration {stop} (--stop-after); run again to resume",
+                method.name()
+            )
+        });
+        return Ok(None);
+    }
+    let (mse, ci95) = evaluate(net, &learner, dist, shots, plan.eval_tasks, a.seed);
+    Ok(Some(Run {
         method,
         shots,
         learner,
@@ -225,7 +324,19 @@ fn train(
         mse,
         ci95,
         seconds,
-    }
+        ran,
+    }))
+}
+
+/// CRC32C of every parameter's and rate's bits: equal digests, equal runs.
+fn digest(learner: &MetaLearner<f32>) -> String {
+    let bytes: Vec<u8> = learner
+        .params()
+        .iter()
+        .chain(learner.alphas())
+        .flat_map(|a| a.iter().flat_map(|v| v.to_bits().to_le_bytes()))
+        .collect();
+    metasgd_core::checkpoint::crc32c_hex(&bytes)
 }
 
 fn learning_svg(path: &std::path::Path, runs: &[Run]) -> Result<(), Box<dyn std::error::Error>> {
@@ -365,28 +476,35 @@ fn sinusoid_svg(
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
+    let a = Args::parse();
+    let plan = match a.plan() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("meta-sinusoid: {e}");
+            eprintln!("sinusoid: {e}");
             std::process::exit(2);
         }
     };
+    if let Some(dir) = &a.checkpoint
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("sinusoid: cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
     let dist = Sinusoid {
         frequency: a.freq,
         ..Sinusoid::default()
     };
     let net = Mlp::new(&LAYERS);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.threads)
+        .num_threads(plan.threads)
         .build()
         .expect("thread pool");
     println!(
         "sinusoid regression: network {LAYERS:?}, meta-batch {META_BATCH}, {QUERY} query points, Adam {OUTER_LR}, {} iterations, alpha_init {}, MAML rate {MAML_LR}, frequency {:?}, {} threads, seed {}{}",
-        a.iterations,
+        plan.iterations,
         a.alpha_init,
         a.freq,
-        a.threads,
+        plan.threads,
         a.seed,
         if a.quick { " (quick)" } else { "" }
     );
@@ -394,7 +512,7 @@ fn main() {
     for &shots in &a.shots {
         for &method in &a.methods {
             let bar = ProgressBar::with_draw_target(
-                Some(a.iterations as u64),
+                Some(plan.iterations as u64),
                 ProgressDrawTarget::stderr(),
             );
             bar.set_style(
@@ -405,19 +523,33 @@ fn main() {
                 .progress_chars("=> "),
             );
             bar.set_prefix(format!("{} {shots}-shot", method.name()));
-            let run = pool.install(|| train(&net, method, shots, &a, &dist, &bar));
+            let run = pool.install(|| train(&net, method, shots, &a, &plan, &dist, &bar));
             bar.finish_and_clear();
+            let run = match run {
+                Ok(Some(run)) => run,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("sinusoid: {e}");
+                    std::process::exit(1);
+                }
+            };
             println!(
-                "  {:<9} {:>2}-shot: mse {:.4} +- {:.4} ({} tasks), {:.1} s",
+                "  {:<9} {:>2}-shot: mse {:.4} +- {:.4} ({} tasks), {} meta-iterations in {:.1} s ({:.0} meta-iterations/s), params_crc32c={}",
                 method.name(),
                 shots,
                 run.mse,
                 run.ci95,
-                a.eval_tasks,
-                run.seconds
+                plan.eval_tasks,
+                run.ran,
+                run.seconds,
+                run.ran as f64 / run.seconds.max(1e-9),
+                digest(&run.learner)
             );
             runs.push(run);
         }
+    }
+    if runs.is_empty() {
+        return;
     }
     println!();
     println!(
@@ -433,7 +565,7 @@ fn main() {
             r.shots,
             r.mse,
             r.ci95,
-            a.iterations,
+            plan.iterations,
             r.seconds
         );
         let _ = writeln!(
@@ -444,7 +576,7 @@ fn main() {
             r.shots,
             r.mse,
             r.ci95,
-            a.iterations,
+            plan.iterations,
             r.seconds
         );
     }
@@ -479,7 +611,7 @@ fn main() {
         }
     }
     if let Err(e) = std::fs::create_dir_all(&a.out) {
-        eprintln!("meta-sinusoid: cannot create {}: {e}", a.out.display());
+        eprintln!("sinusoid: cannot create {}: {e}", a.out.display());
         std::process::exit(1);
     }
     let results = a.out.join("results.csv");
@@ -499,7 +631,7 @@ fn main() {
             sinusoid.display()
         ),
         Err(e) => {
-            eprintln!("meta-sinusoid: cannot write the results: {e}");
+            eprintln!("sinusoid: cannot write the results: {e}");
             std::process::exit(1);
         }
     }

@@ -1,0 +1,273 @@
+//! Meta-training checkpoints: a [`MetaLearner`]'s whole state in one
+//! checksummed, atomically written file, so a long run that dies resumes
+//! bitwise where it was.
+//!
+//! Layout (`metasgd_core::checkpoint`'s container, `format` =
+//! `metasgd-meta`, readable by any safetensors reader):
+//!
+//! | entry | where | what |
+//! |---|---|---|
+//! | `theta.{j}`, `alpha.{j}` | tensors of `A` | the initialisation and the rates |
+//! | `m_theta.{j}`, `v_theta.{j}` | tensors of `A` | Adam's moments for `theta` |
+//! | `m_alpha.{j}`, `v_alpha.{j}` | tensors of `A` | Adam's moments for `alpha` (Meta-SGD only) |
+//! | `outer_lr`, `beta1`, `beta2`, `eps` | 0-d tensors of `A` | Adam's settings, exact bits |
+//! | `inner_steps`, `step` | 0-d `U64` | `1..=MAX_INNER_STEPS`; `< 2^32 - 1` |
+//! | `tensor.{name}` | tensors of `A` | the caller's tensors |
+//! | `dtype`, `method`, `order`, `params`, `tensors` | `__metadata__` | `f32`/`f64`; `meta-sgd`/`maml`; `first`/`second`; the tensor count; the caller's names (JSON) |
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use metasgd_core::checkpoint::{NamedTensors, Reader, Writer, check_name, write_atomically};
+use metasgd_core::{Error, MAX_INNER_STEPS, Result};
+use metasgd_kernels::Element;
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::{MetaLearner, Order};
+
+const FORMAT: &str = "metasgd-meta";
+const TENSOR_PREFIX: &str = "tensor.";
+const GROUPS: [&str; 6] = ["theta", "alpha", "m_theta", "v_theta", "m_alpha", "v_alpha"];
+
+impl<A: Element> MetaLearner<A> {
+    /// Writes the whole meta-training state (initialisation, rates, Adam's
+    /// moments and step, every setting) to `path`, atomically and with
+    /// checksums (see `metasgd_core::checkpoint`). A run resumed with
+    /// [`MetaLearner::load_state`] is bitwise equal to an uninterrupted one.
+    ///
+    /// ```
+    /// use metasgd_meta::{MetaLearner, Mlp, Sinusoid};
+    /// use rand::SeedableRng;
+    ///
+    /// let net = Mlp::new(&[1, 8, 1]);
+    /// let mut learner = MetaLearner::meta_sgd(net.init::<f64>(0), 0.01);
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let batch: Vec<_> = (0..2).map(|_| Sinusoid::default().sample::<f64, _>(&mut rng, 5, 5)).collect();
+    /// learner.meta_step(&net, &batch)?;
+    ///
+    /// let path = std::env::temp_dir().join(format!("meta-doc-{}.safetensors", std::process::id()));
+    /// learner.save_state(&path)?;
+    /// let resumed = MetaLearner::<f64>::load_state(&path)?;
+    /// assert_eq!(resumed.meta_steps(), 1);
+    /// assert_eq!(resumed.params(), learner.params());
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_state_with_tensors(path, &[])
+    }
+
+    /// Loads what [`MetaLearner::save_state`] wrote, checksums first.
+    pub fn load_state(path: impl AsRef<Path>) -> Result<Self> {
+        let (learner, tensors) = Self::load_state_with_tensors(path)?;
+        match tensors.first() {
+            Some((name, _)) => Err(Error::invalid_checkpoint(
+                format!("{TENSOR_PREFIX}{name}"),
+                "the file also holds the caller's tensors: load it with load_state_with_tensors",
+            )),
+            None => Ok(learner),
+        }
+    }
+
+    /// [`MetaLearner::save_state`] with the caller's tensors (an
+    /// experiment's own state: an RNG's words, a best model) in the same
+    /// atomic write.
+    pub fn save_state_with_tensors(
+        &self,
+        path: impl AsRef<Path>,
+        tensors: &[(&str, ArrayViewD<'_, A>)],
+    ) -> Result<()> {
+        write_atomically(path.as_ref(), &self.state_bytes_with(tensors)?)
+    }
+
+    /// Loads what [`MetaLearner::save_state_with_tensors`] wrote.
+    pub fn load_state_with_tensors(path: impl AsRef<Path>) -> Result<(Self, NamedTensors<A>)> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
+        Self::from_state_bytes_with(&bytes).map_err(|e| match e {
+            Error::InvalidCheckpoint { field, reason } => Error::InvalidCheckpoint {
+                field,
+                reason: format!("{reason} (in {})", path.display()),
+            },
+            other => other,
+        })
+    }
+
+    /// The checkpoint's bytes (see the module docs for the layout).
+    pub fn state_bytes_with(&self, tensors: &[(&str, ArrayViewD<'_, A>)]) -> Result<Vec<u8>> {
+        let mut w = Writer::new(FORMAT);
+        w.metadata("dtype", A::NAME)?;
+        w.metadata("method", if self.learn_alpha { "meta-sgd" } else { "maml" })?;
+        w.metadata(
+            "order",
+            match self.order {
+                Order::First => "first",
+                Order::Second => "second",
+            },
+        )?;
+        w.metadata("params", self.theta.len().to_string())?;
+        for (name, v) in [
+            ("outer_lr", self.outer_lr),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("eps", self.eps),
+        ] {
+            w.float(name, v)?;
+        }
+        w.count("inner_steps", self.inner_steps as u64)?;
+        w.count("step", u64::from(self.step))?;
+        for (group, arrays) in GROUPS.iter().zip(self.groups()) {
+            for (j, a) in arrays.iter().enumerate() {
+                w.floats(&format!("{group}.{j}"), a.view())?;
+            }
+        }
+        let mut names = Vec::with_capacity(tensors.len());
+        for (name, t) in tensors {
+            check_name("tensor", name)?;
+            w.floats(&format!("{TENSOR_PREFIX}{name}"), t.view())?;
+            names.push(*name);
+        }
+        let names = serde_json::to_string(&names)
+            .map_err(|e| Error::invalid_checkpoint("tensors", e.to_string()))?;
+        w.metadata("tensors", names)?;
+        w.to_bytes()
+    }
+
+    fn groups(&self) -> [&Vec<ArrayD<A>>; 6] {
+        [
+            &self.theta,
+            &self.alpha,
+            &self.m_theta,
+            &self.v_theta,
+            &self.m_alpha,
+            &self.v_alpha,
+        ]
+    }
+
+    /// A learner from a checkpoint's bytes, and the caller's tensors:
+    /// checksums first, then every field, before anything is built.
+    pub fn from_state_bytes_with(bytes: &[u8]) -> Result<(Self, NamedTensors<A>)> {
+        let r = Reader::open(bytes, FORMAT, false)?;
+        r.only_metadata(&["dtype", "method", "order", "params", "tensors"])?;
+        let dtype = r.metadata("dtype")?;
+        if dtype != A::NAME {
+            return Err(Error::invalid_checkpoint(
+                "__metadata__.dtype",
+                format!(
+                    "the checkpoint holds {dtype}, this learner is MetaLearner<{}>",
+                    A::NAME
+                ),
+            ));
+        }
+        let learn_alpha = match r.metadata("method")? {
+            "meta-sgd" => true,
+            "maml" => false,
+            other => {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.method",
+                    format!("unknown method {other:?} (meta-sgd, maml)"),
+                ));
+            }
+        };
+        let order = match r.metadata("order")? {
+            "first" => Order::First,
+            "second" => Order::Second,
+            other => {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.order",
+                    format!("unknown order {other:?} (first, second)"),
+                ));
+            }
+        };
+        let params_text = r.metadata("params")?;
+        let params: usize = params_text
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n <= r.len())
+            .ok_or_else(|| {
+                Error::invalid_checkpoint(
+                    "__metadata__.params",
+                    format!("{params_text:?} is not a count of the file's tensors"),
+                )
+            })?;
+        let caller: Vec<String> = serde_json::from_str(r.metadata("tensors")?)
+            .map_err(|e| Error::invalid_checkpoint("__metadata__.tensors", e.to_string()))?;
+        let groups = if learn_alpha { 6 } else { 4 };
+        let mut expected: BTreeSet<String> =
+            ["outer_lr", "beta1", "beta2", "eps", "inner_steps", "step"]
+                .map(String::from)
+                .into();
+        for group in &GROUPS[..groups] {
+            expected.extend((0..params).map(|j| format!("{group}.{j}")));
+        }
+        for name in &caller {
+            check_name("__metadata__.tensors", name)?;
+            if !expected.insert(format!("{TENSOR_PREFIX}{name}")) {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.tensors",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+        r.only_tensors(&expected)?;
+        let inner_steps = r.count("inner_steps")?;
+        if !(1..=MAX_INNER_STEPS as u64).contains(&inner_steps) {
+            return Err(Error::invalid_checkpoint(
+                "inner_steps",
+                format!("{inner_steps} is outside [1, {MAX_INNER_STEPS}]"),
+            ));
+        }
+        let step = r.count("step")?;
+        let step = u32::try_from(step)
+            .ok()
+            .filter(|&s| s < u32::MAX)
+            .ok_or_else(|| {
+                Error::invalid_checkpoint("step", format!("{step} is not below 2^32 - 1"))
+            })?;
+        let mut arrays: Vec<Vec<ArrayD<A>>> = Vec::with_capacity(6);
+        for group in &GROUPS[..groups] {
+            arrays.push(
+                (0..params)
+                    .map(|j| r.floats(&format!("{group}.{j}")))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        for (j, theta) in arrays[0].iter().enumerate() {
+            let shape = theta.shape();
+            for (group, arrays) in GROUPS.iter().zip(&arrays).skip(1) {
+                if arrays[j].shape() != shape {
+                    return Err(Error::invalid_checkpoint(
+                        format!("{group}.{j}"),
+                        format!("shape {:?}, theta.{j} has {shape:?}", arrays[j].shape()),
+                    ));
+                }
+            }
+        }
+        let mut it = arrays.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        let learner = MetaLearner {
+            theta: next(),
+            alpha: next(),
+            m_theta: next(),
+            v_theta: next(),
+            m_alpha: next(),
+            v_alpha: next(),
+            learn_alpha,
+            inner_steps: inner_steps as usize,
+            order,
+            outer_lr: r.float("outer_lr")?,
+            beta1: r.float("beta1")?,
+            beta2: r.float("beta2")?,
+            eps: r.float("eps")?,
+            step,
+        };
+        let tensors = caller
+            .into_iter()
+            .map(|name| {
+                let t = r.floats(&format!("{TENSOR_PREFIX}{name}"))?;
+                Ok((name, t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((learner, tensors))
+    }
+}

@@ -61,3 +61,40 @@ pub enum NonFinitePolicy {
     /// Change nothing and return [`Error::NonFiniteGradient`].
     Error,
 }
+
+/// What the non-finite policy decided for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Run the update.
+    Step,
+    /// Change nothing; count a skipped step.
+    Skip,
+}
+
+impl NonFinitePolicy {
+    /// The policy, written once and applied by every entry point (the
+    /// plain and list steps, the closure step, the sharded step): given the
+    /// first NaN or infinite gradient element of the call, as `(slot, flat
+    /// index)` (asked for only when the policy needs it), run the update,
+    /// skip it, or refuse it with [`Error::NonFiniteGradient`].
+    ///
+    /// ```
+    /// use metasgd_core::{NonFinitePolicy, Verdict};
+    ///
+    /// let bad = || Some((0, 3));
+    /// assert_eq!(NonFinitePolicy::Propagate.verdict(bad), Ok(Verdict::Step));
+    /// assert_eq!(NonFinitePolicy::Skip.verdict(bad), Ok(Verdict::Skip));
+    /// assert!(NonFinitePolicy::Error.verdict(bad).is_err());
+    /// assert_eq!(NonFinitePolicy::Error.verdict(|| None), Ok(Verdict::Step));
+    /// ```
+    pub fn verdict(self, first_bad: impl FnOnce() -> Option<(usize, usize)>) -> Result<Verdict> {
+        if self == NonFinitePolicy::Propagate {
+            return Ok(Verdict::Step);
+        }
+        match (self, first_bad()) {
+            (_, None) => Ok(Verdict::Step),
+            (NonFinitePolicy::Skip, Some(_)) => Ok(Verdict::Skip),
+            (_, Some((slot, index))) => Err(Error::NonFiniteGradient { slot, index }),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use metasgd_kernels::{Element, scalar};
 use ndarray::{Array, ArrayD, Dimension, Zip};
 
-use crate::{Error, MetaSGD, NonFinitePolicy, Result, StateMismatch};
+use crate::{Error, MetaSGD, Result, StateMismatch, Verdict};
 
 impl<A: Element> MetaSGD<A> {
     /// One step that evaluates the gradient at every inner iterate: the
@@ -81,14 +81,13 @@ impl<A: Element> MetaSGD<A> {
             if g.shape() != t.shape() {
                 return Err(shape_error(t.shape(), g.shape()));
             }
-            if self.settings.non_finite != NonFinitePolicy::Propagate
-                && let Some(index) = g.iter().position(|v| !v.is_finite())
-            {
-                if self.settings.non_finite == NonFinitePolicy::Skip {
-                    self.settings.skipped_steps += 1;
-                    return Ok(params.clone());
-                }
-                return Err(Error::NonFiniteGradient { slot: 0, index });
+            let verdict = self
+                .settings
+                .non_finite
+                .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
+            if verdict == Verdict::Skip {
+                self.settings.skipped_steps += 1;
+                return Ok(params.clone());
             }
             Zip::from(&mut t)
                 .and(&mut c)

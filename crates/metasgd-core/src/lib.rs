@@ -17,7 +17,7 @@ mod schema;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
-pub use backend::{Backend, NonFinitePolicy};
+pub use backend::{Backend, NonFinitePolicy, Verdict};
 pub use checkpoint::{FORMAT_VERSION, Loaded};
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;

@@ -5,7 +5,7 @@ use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::layout::{self, Output, Target};
 use crate::schema::{MAX_INNER_STEPS, Settings, valid_rate};
-use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch};
+use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch, Verdict};
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
 ///
@@ -221,12 +221,36 @@ impl<A: Element> MetaSGD<A> {
         Ok(self)
     }
 
-    /// Counts a step that a caller coordinating several optimizers skipped
-    /// under [`NonFinitePolicy::Skip`] without calling this one (a sharded
-    /// optimizer whose non-finite gradient was on another rank), so that
-    /// [`MetaSGD::skipped_steps`] and checkpoints stay true.
-    pub fn record_skipped_step(&mut self) {
-        self.settings.skipped_steps += 1;
+    /// [`Optimizer::step_inplace`] for a caller that applied the
+    /// non-finite policy itself with [`NonFinitePolicy::verdict`] (the
+    /// sharded optimizer decides on the averaged gradient of all ranks, and
+    /// every rank must decide alike): everything else is validated as
+    /// `step_inplace` does, the gradient is not scanned again, and
+    /// [`Verdict::Skip`] counts a skipped step.
+    pub fn step_inplace_decided<D: Dimension>(
+        &mut self,
+        params: ArrayViewMut<'_, A, D>,
+        gradients: ArrayView<'_, A, D>,
+        verdict: Verdict,
+    ) -> Result<()> {
+        let plan = self.validate(
+            Slots::First,
+            Some(verdict),
+            1,
+            1,
+            |_| params.shape(),
+            |_| gradients.view(),
+        );
+        let Some(kernel) = self.admit(plan)? else {
+            return Ok(());
+        };
+        self.init_slots(core::iter::once(params.view()));
+        self.apply(
+            kernel,
+            0,
+            core::iter::once((Target::InPlace(params), gradients)),
+        );
+        Ok(())
     }
 
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
@@ -268,12 +292,17 @@ impl<A: Element> MetaSGD<A> {
         self.settings.backend.check()
     }
 
-    /// Everything that can fail, checked before anything changes.
+    /// Everything that can fail, checked before anything changes: the one
+    /// validation of every entry point. `verdict` is the non-finite
+    /// decision when the caller took it already (the sharded step, on the
+    /// averaged gradient of all ranks); `None` applies the policy here.
     ///
     /// `param_shape(j)` and `grad(j)` give array `j` of `n`.
+    #[allow(clippy::too_many_arguments)]
     fn validate<'g, D: Dimension + 'g>(
         &self,
         slots: Slots,
+        verdict: Option<Verdict>,
         n: usize,
         n_grads: usize,
         param_shape: impl Fn(usize) -> &'g [usize],
@@ -313,17 +342,16 @@ impl<A: Element> MetaSGD<A> {
             }
             total += p.iter().product::<usize>();
         }
-        if self.settings.non_finite != NonFinitePolicy::Propagate {
-            for j in 0..n {
-                if let Some(index) = layout::first_non_finite(&grad(j)) {
-                    return match self.settings.non_finite {
-                        NonFinitePolicy::Skip => Ok(Plan::Skip),
-                        _ => Err(Error::NonFiniteGradient { slot: j, index }),
-                    };
-                }
-            }
-        }
-        Ok(Plan::Run(self.settings.backend.kernel(total)))
+        let verdict = match verdict {
+            Some(v) => v,
+            None => self.settings.non_finite.verdict(|| {
+                (0..n).find_map(|j| layout::first_non_finite(&grad(j)).map(|i| (j, i)))
+            })?,
+        };
+        Ok(match verdict {
+            Verdict::Step => Plan::Run(self.settings.backend.kernel(total)),
+            Verdict::Skip => Plan::Skip,
+        })
     }
 
     /// The kernel to run a validated call on, or `None` for a step skipped
@@ -400,7 +428,14 @@ fn invalid<A: Element>(name: &'static str, value: A, requirement: &'static str) 
 impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// One fused pass from `params` into a new array (same memory order).
     fn step(&mut self, params: &Array<A, D>, gradients: &Array<A, D>) -> Result<Array<A, D>> {
-        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
+        let plan = self.validate(
+            Slots::First,
+            None,
+            1,
+            1,
+            |_| params.shape(),
+            |_| gradients.view(),
+        );
         let Some(kernel) = self.admit(plan)? else {
             return Ok(params.clone());
         };
@@ -424,6 +459,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     ) -> Result<Vec<Array<A, D>>> {
         let plan = self.validate(
             Slots::List,
+            None,
             params_list.len(),
             gradients_list.len(),
             |j| params_list[j].shape(),
@@ -462,7 +498,14 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         params: ArrayViewMut<'_, A, D>,
         gradients: ArrayView<'_, A, D>,
     ) -> Result<()> {
-        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
+        let plan = self.validate(
+            Slots::First,
+            None,
+            1,
+            1,
+            |_| params.shape(),
+            |_| gradients.view(),
+        );
         let Some(kernel) = self.admit(plan)? else {
             return Ok(());
         };
@@ -482,6 +525,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     ) -> Result<()> {
         let plan = self.validate(
             Slots::List,
+            None,
             params.len(),
             gradients.len(),
             |j| params[j].shape(),

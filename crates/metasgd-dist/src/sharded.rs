@@ -1,6 +1,6 @@
 //! The sharded optimizer.
 
-use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer, Result, StateMismatch};
+use metasgd_core::{Error, MetaSGD, Optimizer, Result, StateMismatch, Verdict};
 use metasgd_kernels::Element;
 use ndarray::{Array1, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
@@ -286,9 +286,10 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         }
         let grad = self.grad.as_slice().expect("owned 1-d array");
 
-        // The non-finite policy, on the averaged gradient, agreed by all.
+        // The non-finite policy (the optimizer's one rule), on the averaged
+        // gradient, agreed by all: every rank learns the first bad element.
         let policy = self.inner.get_non_finite();
-        if policy != NonFinitePolicy::Propagate {
+        let verdict = policy.verdict(|| {
             let me = self.comm.rank();
             let real = self.part.real(me);
             let first = grad[..real.len()]
@@ -301,17 +302,11 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 .into_iter()
                 .min()
                 .unwrap_or(u64::MAX);
-            if worst != u64::MAX {
-                if policy == NonFinitePolicy::Skip {
-                    self.inner.record_skipped_step();
-                    return Ok(());
-                }
-                let (slot, index) = self.locate(worst as usize);
-                return Err(Error::NonFiniteGradient { slot, index });
-            }
-        }
+            (worst != u64::MAX).then(|| self.locate(worst as usize))
+        })?;
 
-        // This rank's shard of the parameters, stepped.
+        // This rank's shard of the parameters, stepped (the gradient is not
+        // scanned again: the verdict above is every rank's).
         let shard = self.part.shard(self.comm.rank());
         {
             let theta = self.theta.as_slice_mut().expect("owned 1-d array");
@@ -319,7 +314,10 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             read_range(theta, shard.start, &views, &self.offsets, &self.shapes);
         }
         self.inner
-            .step_inplace(self.theta.view_mut(), self.grad.view())?;
+            .step_inplace_decided(self.theta.view_mut(), self.grad.view(), verdict)?;
+        if verdict == Verdict::Skip {
+            return Ok(());
+        }
 
         // Every rank gets every shard, bucket by bucket.
         for k in (0..sl).step_by(self.bucket) {

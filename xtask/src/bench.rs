@@ -13,13 +13,7 @@ use crate::{plot, project_root, target_dir};
 /// Alternating runs of each build in the in-cache comparison.
 const INCACHE_ROUNDS: usize = 3;
 
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let quick = args.iter().any(|a| a == "--quick");
-    if let Some(other) = args.iter().find(|a| *a != "--quick") {
-        return Err(format!(
-            "unknown argument {other}; usage: cargo xtask bench [--quick]"
-        ));
-    }
+pub(crate) fn run(quick: bool) -> Result<(), String> {
     let root = project_root();
     let target = target_dir(&root)?;
     let out = target.join("xtask-bench");
@@ -53,7 +47,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let svg = out.join("throughput.svg");
     let csv = std::fs::read_to_string(&rows)
         .map_err(|e| format!("cannot read {}: {e}", rows.display()))?;
-    std::fs::write(&svg, plot::throughput_svg(&csv))
+    std::fs::write(&svg, plot::throughput_svg(&csv)?)
         .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     println!("[xtask] wrote {}, {}", rows.display(), svg.display());
     Ok(())

@@ -3,8 +3,10 @@
 //! ```text
 //! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
-//! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun on 1-4 ranks, resharding
+//! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save
 //! ```
+//!
+//! One parser (clap) reads every task's flags; `cargo xtask --help` lists them.
 
 mod bench;
 mod meta;
@@ -14,17 +16,50 @@ mod plot;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+/// Project automation for metasgd.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// The kernel comparison: CSV and SVG under target/xtask-bench/.
+    Bench {
+        /// A short smoke run (timings not judged).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The sinusoid meta-learning benchmark (metasgd-meta's `sinusoid`
+    /// example): CSV and SVGs under target/xtask-meta/. Every flag goes to
+    /// the example (`cargo xtask meta --help` shows them).
+    #[command(disable_help_flag = true)]
+    Meta {
+        /// The example's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Sharded MetaSGD under mpirun on 1-4 ranks, resharding, and a rank
+    /// killed mid-save.
+    Mpi {
+        /// Parameters of the timed run.
+        #[arg(long, default_value_t = 1 << 20)]
+        elements: usize,
+        /// Steps of the timed run.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("bench") => bench::run(&args[1..]),
-        Some("meta") => meta::run(&args[1..]),
-        Some("mpi") => mpi::run_all(&args[1..]),
-        _ => Err(format!(
-            "usage: cargo xtask bench [--quick]\n       {}\n       {}",
-            meta::USAGE,
-            mpi::USAGE
-        )),
+    let result = match Cli::parse().task {
+        Task::Bench { quick } => bench::run(quick),
+        Task::Meta { args } => meta::run(&args),
+        Task::Mpi { elements, steps } => mpi::run_all(elements, steps),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,6 @@ use std::process::Command;
 
 use crate::{project_root, target_dir};
 
-pub(crate) const USAGE: &str = "cargo xtask meta [--quick] [--shots 5,10] [--iterations N] [--methods meta-sgd,maml,fomaml] [--freq LO:HI] [--seed S] [--threads T] [--alpha-init A] [--eval-tasks N] [--checkpoint DIR] [--checkpoint-every N] [--stop-after N]";
-
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let root = project_root();
     let target = target_dir(&root)?;

@@ -13,18 +13,6 @@ use crate::{project_root, target_dir};
 const INSTALL: &str =
     "install MPI and libclang first: apt-get install libopenmpi-dev openmpi-bin libclang-dev";
 
-pub(crate) const USAGE: &str = "cargo xtask mpi [--elements N] [--steps S]";
-
-fn value(args: &[String], flag: &str, default: usize) -> Result<usize, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a number")),
-    }
-}
-
 fn found(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -80,13 +68,7 @@ fn mismatches(line: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub(crate) fn run_all(args: &[String]) -> Result<(), String> {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: {USAGE}");
-        return Ok(());
-    }
-    let elements = value(args, "--elements", 1 << 20)?;
-    let steps = value(args, "--steps", 20)?;
+pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
     if !found("mpirun") {
         return Err(format!("mpirun not found; {INSTALL}"));
     }

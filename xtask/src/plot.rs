@@ -13,14 +13,40 @@ const BOTTOM: f64 = 60.0;
 /// One line of the plot: `(log2 size, GB/s)` points.
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
+/// The columns `names` of every row of `csv`, found by the header's names.
+fn columns<'a, const N: usize>(
+    csv: &'a str,
+    names: [&str; N],
+) -> Result<Vec<[&'a str; N]>, String> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let mut at = [0; N];
+    for (i, name) in names.iter().enumerate() {
+        at[i] = header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| format!("rows.csv has no column {name:?} (header: {header:?})"))?;
+    }
+    Ok(lines
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let mut row = [""; N];
+            for (r, &i) in row.iter_mut().zip(&at) {
+                *r = f.get(i)?;
+            }
+            Some(row)
+        })
+        .collect())
+}
+
 /// Renders step and roofline throughput per type and thread count.
-pub(crate) fn throughput_svg(csv: &str) -> String {
+pub(crate) fn throughput_svg(csv: &str) -> Result<String, String> {
     let mut series: Series = BTreeMap::new();
-    for line in csv.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let [dtype, size, threads, _, gbs, frac, ..] = f[..] else {
-            continue;
-        };
+    let rows = columns(
+        csv,
+        ["dtype", "size", "threads", "gb_per_s", "roofline_fraction"],
+    )?;
+    for [dtype, size, threads, gbs, frac] in rows {
         if dtype != "f32" && dtype != "f64" {
             continue;
         }
@@ -124,5 +150,24 @@ pub(crate) fn throughput_svg(csv: &str) -> String {
         legend_y += 18.0;
     }
     s.push_str("</svg>\n");
-    s
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_found_by_name() {
+        let csv = "threads,dtype,size,x,gb_per_s,roofline_fraction\n2,f32,1024,,10.5,0.9\nshort\n";
+        let rows = columns(
+            csv,
+            ["dtype", "size", "threads", "gb_per_s", "roofline_fraction"],
+        )
+        .unwrap();
+        assert_eq!(rows, vec![["f32", "1024", "2", "10.5", "0.9"]]);
+        assert!(columns(csv, ["missing"]).is_err());
+        let svg = throughput_svg(csv).unwrap();
+        assert!(svg.contains("f32 2T step"), "{svg}");
+    }
 }

@@ -1,12 +1,14 @@
 //! The one-process computation a sharded step equals, bit for bit, and
-//! deterministic per-rank data to check it with.
+//! (feature `testing`) deterministic per-rank data to check it with.
 //!
 //! [`ShardedMetaSGD::step`](crate::ShardedMetaSGD::step) on `R` ranks gives
 //! exactly the parameters, rates and counters of [`step`] here on one
 //! process, fed every rank's local gradients.
 
 use metasgd_core::{MetaSGD, Optimizer, Result};
-use metasgd_kernels::{Element, testdata};
+use metasgd_kernels::Element;
+#[cfg(feature = "testing")]
+use metasgd_kernels::testdata;
 use ndarray::{ArrayD, IxDyn};
 
 /// The ranks' local gradients averaged as the sharded step averages them:
@@ -45,7 +47,7 @@ where
 
 /// Deterministic local gradients of `rank` at `step` (values in [-2, 2)),
 /// with a NaN at `(rank, tensor, index)` when `poison` names this rank.
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub fn test_grads<A: Element>(
     shapes: &[Vec<usize>],
     rank: usize,
@@ -70,7 +72,7 @@ pub fn test_grads<A: Element>(
 }
 
 /// Deterministic initial parameters.
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub fn test_params<A: Element>(shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> {
     shapes
         .iter()

@@ -37,12 +37,11 @@
 mod config;
 mod element;
 pub mod meta;
-#[doc(hidden)]
 pub mod output;
 pub mod par;
 pub mod scalar;
 mod simd;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod testdata;
 mod update;
 
@@ -140,8 +139,9 @@ fn run_many<'a, A: Element>(
 }
 
 /// [`step_many`] on the portable SIMD path (`wide`) whatever the CPU has, so
-/// that tests on an AVX2 machine also cover what other targets run.
-#[doc(hidden)]
+/// that tests on an AVX2 machine also cover what other targets run
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 pub fn step_many_portable<'a, A: Element>(
     kernel: Kernel,
     updates: impl IntoIterator<Item = Update<'a, A>>,
@@ -151,8 +151,9 @@ pub fn step_many_portable<'a, A: Element>(
 }
 
 /// The benchmarks' roofline: `theta += g; alpha -= g` through the same
-/// instruction set, loop, loads, stores and scheduling as [`step_many`].
-#[doc(hidden)]
+/// instruction set, loop, loads, stores and scheduling as [`step_many`]
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 pub fn traffic_many<'a, A: Element>(
     kernel: Kernel,
     updates: impl IntoIterator<Item = Update<'a, A>>,

@@ -18,6 +18,7 @@ pub(crate) mod metasgd;
 pub(crate) mod pack;
 #[cfg_attr(not(feature = "simd"), allow(dead_code))]
 pub(crate) mod sweep;
+#[cfg(feature = "testing")]
 pub(crate) mod traffic;
 #[cfg(feature = "simd")]
 mod wide;
@@ -137,6 +138,7 @@ impl Isa {
     }
 
     /// The roofline's trivial operation over one tensor.
+    #[cfg(feature = "testing")]
     #[inline]
     pub(crate) fn traffic<A: Element>(self, u: Update<'_, A>) {
         self.run(u, traffic::Traffic, false)

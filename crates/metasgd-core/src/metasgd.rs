@@ -221,35 +221,72 @@ impl<A: Element> MetaSGD<A> {
         Ok(self)
     }
 
-    /// [`Optimizer::step_inplace`] for a caller that applied the
-    /// non-finite policy itself with [`NonFinitePolicy::verdict`] (the
-    /// sharded optimizer decides on the averaged gradient of all ranks, and
-    /// every rank must decide alike): everything else is validated as
-    /// `step_inplace` does, the gradient is not scanned again, and
-    /// [`Verdict::Skip`] counts a skipped step.
-    pub fn step_inplace_decided<D: Dimension>(
+    /// One step of slot 0 seen as one flat buffer laid over `pieces`, in
+    /// order (each piece: parameters and their gradient, same length; the
+    /// lengths add up to the slot's, which a first step creates), for a
+    /// caller that applied the non-finite policy itself with
+    /// [`NonFinitePolicy::verdict`]: the sharded optimizer steps its shard in
+    /// place inside the caller's tensors this way, deciding on the averaged
+    /// gradient of all ranks. Everything else is validated as
+    /// `step_list_inplace` validates it (the gradient is not scanned);
+    /// [`Verdict::Skip`] counts a skipped step. The bits are those of
+    /// `step_inplace` on the concatenated pieces.
+    pub fn step_pieces_decided(
         &mut self,
-        params: ArrayViewMut<'_, A, D>,
-        gradients: ArrayView<'_, A, D>,
+        pieces: &mut [(&mut [A], &[A])],
         verdict: Verdict,
     ) -> Result<()> {
-        let plan = self.validate(
-            Slots::First,
-            Some(verdict),
-            1,
-            1,
-            |_| params.shape(),
-            |_| gradients.view(),
-        );
-        let Some(kernel) = self.admit(plan)? else {
+        self.check_settings()?;
+        let mut total = 0;
+        for (p, g) in pieces.iter() {
+            if p.len() != g.len() {
+                return Err(Error::ShapeMismatch {
+                    slot: 0,
+                    params: vec![p.len()],
+                    gradients: vec![g.len()],
+                });
+            }
+            total += p.len();
+        }
+        if self.slots.len() > 1 {
+            return Err(Error::StateMismatch(StateMismatch::SlotCount {
+                slots: self.slots.len(),
+                arrays: 1,
+            }));
+        }
+        if let Some(alpha) = self.slots.first()
+            && alpha.shape() != [total]
+        {
+            return Err(Error::StateMismatch(StateMismatch::Shape {
+                slot: 0,
+                state: alpha.shape().to_vec(),
+                params: vec![total],
+            }));
+        }
+        if verdict == Verdict::Skip {
+            self.settings.skipped_steps += 1;
             return Ok(());
-        };
-        self.init_slots(core::iter::once(params.view()));
-        self.apply(
-            kernel,
-            0,
-            core::iter::once((Target::InPlace(params), gradients)),
-        );
+        }
+        let kernel = self.settings.backend.kernel(total);
+        let base = self.settings.base_lr;
+        if self.slots.is_empty() {
+            self.slots.push(ArrayD::from_elem(IxDyn(&[total]), base));
+        }
+        let slot = &mut self.slots[0];
+        if slot.as_slice().is_none() {
+            *slot = slot.as_standard_layout().into_owned();
+        }
+        let cfg = Config::new(self.settings.alpha_lr, self.settings.inner_steps);
+        self.settings.step_count += 1;
+        let mut alpha = self.slots[0]
+            .as_slice_mut()
+            .expect("a standard-layout slot is one slice");
+        let updates = pieces.iter_mut().map(|(p, g)| {
+            let (here, rest) = core::mem::take(&mut alpha).split_at_mut(p.len());
+            alpha = rest;
+            metasgd_kernels::Update::new(metasgd_kernels::Theta::InPlace(p), here, g)
+        });
+        metasgd_kernels::step_many(kernel, updates, &cfg);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
 use metasgd_dist::reference;
 use metasgd_dist::{Collective, MpiCollective, ShardedMetaSGD};
 use metasgd_kernels::Element;
+use mpi::traits::CommunicatorCollectives;
 use ndarray::{ArrayD, IxDyn};
 
 /// Tensors of every awkward kind around one large one: `elements` in all.
@@ -100,16 +101,19 @@ fn rates<A: Element>(opt: &MetaSGD<A>, shapes: &[Vec<usize>]) -> Vec<ArrayD<A>> 
     }
 }
 
-/// Runs `steps` sharded steps (timing them), compares with the reference;
-/// returns (mismatches on this rank, median step ms, alpha bytes).
-fn run_case<A: Element>(
+/// Runs `steps` sharded steps (timing them, and with `plain_baseline` the
+/// plain data-parallel step in the same rounds), compares with the
+/// reference; returns (mismatches on this rank, median step ms, median plain
+/// step ms, alpha bytes).
+fn run_case<A: Element + mpi::datatype::Equivalence>(
     comm: MpiCollective,
     shapes: &[Vec<usize>],
     steps: usize,
     policy: NonFinitePolicy,
     nan: Option<(usize, usize, usize)>,
     bucket: usize,
-) -> (u64, f64, usize, MpiCollective)
+    plain_baseline: bool,
+) -> (u64, f64, Option<f64>, usize, MpiCollective)
 where
     MetaSGD<A>: Optimizer<A, IxDyn>,
 {
@@ -120,6 +124,20 @@ where
     let mut params = reference::test_params::<A>(shapes);
     let mut times = Vec::with_capacity(steps);
     let mut results = Vec::with_capacity(steps);
+    // What a user writes without ZeRO, timed in the same rounds: an
+    // all-reduce of every gradient into a reused buffer, a division, then
+    // `step_list_inplace` on every rank.
+    let mut plain = plain_baseline.then(|| {
+        (
+            reference::test_params::<A>(shapes),
+            template::<A>(policy),
+            shapes
+                .iter()
+                .map(|s| ArrayD::<A>::zeros(IxDyn(s)))
+                .collect::<Vec<_>>(),
+            Vec::with_capacity(steps),
+        )
+    });
     for step in 0..steps {
         let poison = nan.filter(|p| p.0 == step).map(|p| (p.1, p.2));
         let g = grads::<A>(shapes, rank, step, poison);
@@ -128,6 +146,23 @@ where
         let start = Instant::now();
         results.push(sharded.step(&mut views, &gv));
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        if let Some((p, opt, sums, plain_times)) = &mut plain {
+            let world = sharded.collective().communicator();
+            let start = Instant::now();
+            let n = A::from(ranks).unwrap_or(A::one());
+            for (local, sum) in g.iter().zip(sums.iter_mut()) {
+                world.all_reduce_into(
+                    local.as_slice().expect("standard layout"),
+                    sum.as_slice_mut().expect("standard layout"),
+                    mpi::collective::SystemOperation::sum(),
+                );
+                sum.mapv_inplace(|v| v / n);
+            }
+            let mut pv: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+            let sv: Vec<_> = sums.iter().map(|s| s.view()).collect();
+            opt.step_list_inplace(&mut pv, &sv).expect("plain step");
+            plain_times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
     let alphas = sharded.gather_alphas();
     let mut ref_params = reference::test_params::<A>(shapes);
@@ -149,10 +184,13 @@ where
     // policy cases would compare runs that never saw it).
     let landed = want.iter().any(Result::is_err) || ref_opt.skipped_steps() > 0;
     mismatches += u64::from(landed != (nan.is_some() && policy != NonFinitePolicy::Propagate));
-    times.sort_by(f64::total_cmp);
-    let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied().unwrap_or(0.0)
+    };
+    let plain_ms = plain.map(|(_, _, _, t)| median(t));
     let bytes = sharded.alpha_bytes();
-    (mismatches, median, bytes, sharded.into_collective())
+    (mismatches, median(times), plain_ms, bytes, sharded.into_collective())
 }
 
 /// Saves the optimizer with the replicated model (stored once, by rank 0).
@@ -232,13 +270,14 @@ fn main() {
             // The timed case (f32, default policy, default buckets), then every
             // policy with a NaN on the last rank's gradient, f64 in buckets of
             // 16 elements and f32 in one, on small tensors.
-            let (mut bad, ms, bytes, comm) = run_case::<f32>(
+            let (mut bad, ms, plain_ms, bytes, comm) = run_case::<f32>(
                 comm,
                 &shapes,
                 steps,
                 NonFinitePolicy::Propagate,
                 None,
                 metasgd_dist::BUCKET_ELEMENTS,
+                true,
             );
             let small = self::shapes(103);
             let mut comm = comm;
@@ -248,16 +287,18 @@ fn main() {
                 NonFinitePolicy::Error,
             ] {
                 let nan = Some((1, ranks - 1, 0));
-                let (b, _, _, c) = run_case::<f64>(comm, &small, 3, policy, nan, 16);
+                let (b, _, _, _, c) = run_case::<f64>(comm, &small, 3, policy, nan, 16, false);
                 bad += b;
-                let (b, _, _, c) = run_case::<f32>(c, &small, 3, policy, nan, usize::MAX);
+                let (b, _, _, _, c) = run_case::<f32>(c, &small, 3, policy, nan, usize::MAX, false);
                 bad += b;
                 comm = c;
             }
             let all: u64 = comm.all_gather_u64(bad).into_iter().sum();
             if rank == 0 {
+                let plain_ms = plain_ms.unwrap_or(f64::NAN);
                 println!(
-                    "ranks={ranks} elements={total} steps={steps} mismatches={all} alpha_bytes_per_rank={bytes} step_ms={ms:.3}"
+                    "ranks={ranks} elements={total} steps={steps} mismatches={all} alpha_bytes_per_rank={bytes} step_ms={ms:.3} plain_allreduce_ms={plain_ms:.3} sharded_vs_plain={:.3}",
+                    ms / plain_ms
                 );
             }
         }

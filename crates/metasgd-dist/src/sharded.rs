@@ -2,7 +2,7 @@
 
 use metasgd_core::{Error, MetaSGD, Optimizer, Result, StateMismatch, Verdict};
 use metasgd_kernels::Element;
-use ndarray::{Array1, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::agree::agree;
 use crate::{Collective, Partition};
@@ -23,9 +23,13 @@ pub struct ShardedMetaSGD<A: Element, C: Collective> {
     /// One bucket from or for every rank (`ranks * bucket` elements).
     send: Vec<A>,
     recv: Vec<A>,
-    /// This rank's averaged gradient and parameters (`shard_len` each).
-    grad: Array1<A>,
-    theta: Array1<A>,
+    /// This rank's averaged gradient (`shard_len`).
+    grad: Vec<A>,
+    /// The parameters of the padding past the last real element (stepped
+    /// with a zero gradient, never read back).
+    pad: Vec<A>,
+    /// A copy of the shard, only for tensors that are not contiguous.
+    theta: Vec<A>,
 }
 
 /// Elements moved per collective call, all ranks together: the transient
@@ -85,8 +89,9 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             bucket,
             send: vec![A::ZERO; part.ranks * bucket],
             recv: vec![A::ZERO; part.ranks * bucket],
-            grad: Array1::zeros(part.shard_len),
-            theta: Array1::zeros(part.shard_len),
+            grad: vec![A::ZERO; part.shard_len],
+            pad: Vec::new(),
+            theta: Vec::new(),
         }
     }
 
@@ -247,9 +252,17 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     /// One data-parallel step: `grads` are this rank's local gradients;
     /// afterwards every rank's `params` hold the same updated values.
     ///
+    /// It reads as its phases: the ranks agree the inputs are valid; a
+    /// reduce-scatter gives each rank the averaged gradient of its shard;
+    /// the ranks agree on the non-finite verdict; each rank steps its shard
+    /// in place inside `params`; an all-gather gives every rank the others'
+    /// shards. On one rank there is nothing to exchange: the step runs on
+    /// `params` and `grads` directly, with no copy. (Tensors that are not
+    /// contiguous go through a copy of the shard.)
+    ///
     /// Collective: every rank calls it with tensors of the registered shapes.
     /// An error on any rank (bad shapes, invalid hyperparameters, a
-    /// non-finite averaged gradient under [`NonFinitePolicy::Error`]) fails
+    /// non-finite averaged gradient under `NonFinitePolicy::Error`) fails
     /// the step on every rank and changes nothing anywhere; the other ranks
     /// report [`Error::PeerFailed`] or the same non-finite error.
     pub fn step<D: Dimension>(
@@ -259,10 +272,56 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     ) -> Result<()> {
         let local = self.check_inputs(params, grads);
         agree(&self.comm, "step", local.as_ref().err())?;
+        let contiguous = params.iter().all(|p| p.is_standard_layout())
+            && grads.iter().all(|g| g.is_standard_layout());
+        if self.part.ranks == 1 && contiguous {
+            return self.step_alone(params, grads);
+        }
+        self.reduce_scatter(grads);
+        let verdict = self.agree_verdict()?;
+        if contiguous {
+            self.local_step_in_place(params, verdict)?;
+        } else {
+            self.local_step_copied(params, verdict)?;
+        }
+        if verdict == Verdict::Skip {
+            return Ok(());
+        }
+        self.all_gather(params);
+        Ok(())
+    }
 
-        // Bucket by bucket, every rank sends each rank that rank's piece of
-        // its local gradients; the pieces are summed in rank order, then
-        // divided: the average does not depend on the transport.
+    /// One rank: the averaged gradient is the rank's own (divided by 1,
+    /// which changes no bit that the update reads), so the optimizer steps
+    /// `params` with `grads` as they are.
+    fn step_alone<D: Dimension>(
+        &mut self,
+        params: &mut [ArrayViewMut<'_, A, D>],
+        grads: &[ArrayView<'_, A, D>],
+    ) -> Result<()> {
+        let verdict = self.inner.get_non_finite().verdict(|| {
+            grads.iter().enumerate().find_map(|(j, g)| {
+                let s = g.as_slice().expect("standard layout");
+                metasgd_kernels::scalar::first_non_finite(s).map(|i| (j, i))
+            })
+        })?;
+        let mut pieces: Vec<(&mut [A], &[A])> = params
+            .iter_mut()
+            .zip(grads)
+            .map(|(p, g)| {
+                (
+                    p.as_slice_mut().expect("standard layout"),
+                    g.as_slice().expect("standard layout"),
+                )
+            })
+            .collect();
+        self.inner.step_pieces_decided(&mut pieces, verdict)
+    }
+
+    /// Reduce-scatter: this rank's shard of every rank's gradient, summed in
+    /// rank order and divided by the rank count, into `self.grad`; bucket by
+    /// bucket, so the average does not depend on the transport.
+    fn reduce_scatter<D: Dimension>(&mut self, grads: &[ArrayView<'_, A, D>]) {
         let (sl, ranks) = (self.part.shard_len, self.part.ranks);
         let n = A::from(ranks).unwrap_or(A::one());
         for k in (0..sl).step_by(self.bucket) {
@@ -275,7 +334,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 bytemuck::cast_slice(&self.send[..ranks * len]),
                 bytemuck::cast_slice_mut(&mut self.recv[..ranks * len]),
             );
-            let grad = &mut self.grad.as_slice_mut().expect("owned 1-d array")[k..k + len];
+            let grad = &mut self.grad[k..k + len];
             grad.copy_from_slice(&self.recv[..len]);
             for r in 1..ranks {
                 for (s, &g) in grad.iter_mut().zip(&self.recv[r * len..(r + 1) * len]) {
@@ -284,15 +343,14 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             }
             grad.iter_mut().for_each(|s| *s = *s / n);
         }
-        let grad = self.grad.as_slice().expect("owned 1-d array");
+    }
 
-        // The non-finite policy (the optimizer's one rule), on the averaged
-        // gradient, agreed by all: every rank learns the first bad element.
-        let policy = self.inner.get_non_finite();
-        let verdict = policy.verdict(|| {
-            let me = self.comm.rank();
-            let real = self.part.real(me);
-            let first = grad[..real.len()]
+    /// The non-finite policy (the optimizer's one rule) on the averaged
+    /// gradient, agreed by all: every rank learns the first bad element.
+    fn agree_verdict(&self) -> Result<Verdict> {
+        self.inner.get_non_finite().verdict(|| {
+            let real = self.part.real(self.comm.rank());
+            let first = self.grad[..real.len()]
                 .iter()
                 .position(|v| !v.is_finite())
                 .map_or(u64::MAX, |i| (real.start + i) as u64);
@@ -303,36 +361,85 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 .min()
                 .unwrap_or(u64::MAX);
             (worst != u64::MAX).then(|| self.locate(worst as usize))
-        })?;
+        })
+    }
 
-        // This rank's shard of the parameters, stepped (the gradient is not
-        // scanned again: the verdict above is every rank's).
+    /// Steps this rank's shard where it lies: the pieces of `params` in its
+    /// range, then the padding (a scratch buffer whose results are dropped).
+    fn local_step_in_place<D: Dimension>(
+        &mut self,
+        params: &mut [ArrayViewMut<'_, A, D>],
+        verdict: Verdict,
+    ) -> Result<()> {
+        let me = self.comm.rank();
+        let (shard, real) = (self.part.shard(me), self.part.real(me));
+        let pad = shard.len() - real.len();
+        self.pad.resize(pad, A::ZERO);
+        let mut pieces: Vec<(&mut [A], &[A])> = Vec::with_capacity(params.len() + 1);
+        for ((p, &at), s) in params.iter_mut().zip(&self.offsets).zip(&self.shapes) {
+            let n: usize = s.iter().product();
+            let (lo, hi) = (at.max(real.start), (at + n).min(real.end));
+            if lo < hi {
+                let slice = p.as_slice_mut().expect("standard layout");
+                pieces.push((
+                    &mut slice[lo - at..hi - at],
+                    &self.grad[lo - shard.start..hi - shard.start],
+                ));
+            }
+        }
+        pieces.push((&mut self.pad[..], &self.grad[real.len()..]));
+        self.inner.step_pieces_decided(&mut pieces, verdict)
+    }
+
+    /// [`Self::local_step_in_place`] for tensors that are not contiguous:
+    /// the shard is copied out, stepped, and copied back by the all-gather.
+    fn local_step_copied<D: Dimension>(
+        &mut self,
+        params: &mut [ArrayViewMut<'_, A, D>],
+        verdict: Verdict,
+    ) -> Result<()> {
         let shard = self.part.shard(self.comm.rank());
-        {
-            let theta = self.theta.as_slice_mut().expect("owned 1-d array");
-            let views: Vec<ArrayView<'_, A, D>> = params.iter().map(|p| p.view()).collect();
-            read_range(theta, shard.start, &views, &self.offsets, &self.shapes);
-        }
-        self.inner
-            .step_inplace_decided(self.theta.view_mut(), self.grad.view(), verdict)?;
-        if verdict == Verdict::Skip {
-            return Ok(());
-        }
+        self.theta.resize(self.part.shard_len, A::ZERO);
+        let views: Vec<ArrayView<'_, A, D>> = params.iter().map(|p| p.view()).collect();
+        read_range(
+            &mut self.theta,
+            shard.start,
+            &views,
+            &self.offsets,
+            &self.shapes,
+        );
+        let mut pieces = [(&mut self.theta[..], &self.grad[..])];
+        self.inner.step_pieces_decided(&mut pieces, verdict)?;
+        write_range(
+            params,
+            shard.start,
+            &self.theta,
+            &self.offsets,
+            &self.shapes,
+        );
+        Ok(())
+    }
 
-        // Every rank gets every shard, bucket by bucket.
+    /// All-gather: every rank receives every other rank's updated shard,
+    /// bucket by bucket, into `params` (its own is already in place).
+    fn all_gather<D: Dimension>(&mut self, params: &mut [ArrayViewMut<'_, A, D>]) {
+        let (sl, ranks, me) = (self.part.shard_len, self.part.ranks, self.comm.rank());
         for k in (0..sl).step_by(self.bucket) {
             let len = self.bucket.min(sl - k);
-            let mine = &self.theta.as_slice().expect("owned 1-d array")[k..k + len];
+            {
+                let views: Vec<ArrayView<'_, A, D>> = params.iter().map(|p| p.view()).collect();
+                let mine = &mut self.send[..len];
+                read_range(mine, me * sl + k, &views, &self.offsets, &self.shapes);
+            }
             self.comm.all_gather(
-                bytemuck::cast_slice(mine),
+                bytemuck::cast_slice(&self.send[..len]),
                 bytemuck::cast_slice_mut(&mut self.recv[..ranks * len]),
             );
-            for r in 0..ranks {
+            for r in (0..ranks).filter(|&r| r != me) {
                 let piece = &self.recv[r * len..(r + 1) * len];
                 write_range(params, r * sl + k, piece, &self.offsets, &self.shapes);
             }
         }
-        Ok(())
     }
 
     /// Every tensor's learning rates, assembled from all ranks (collective:

@@ -63,9 +63,11 @@ fn check<A: Element>(
 ) where
     MetaSGD<A>: Optimizer<A, IxDyn>,
 {
-    // One bucket per call, and buckets of a few elements (many calls per step).
-    check_buckets::<A>(shapes, ranks, policy, poison, usize::MAX);
-    check_buckets::<A>(shapes, ranks, policy, poison, 3 * ranks);
+    // One bucket per call, and buckets of a few elements (many calls per
+    // step); parameters held transposed (not contiguous: the copied path).
+    check_buckets::<A>(shapes, ranks, policy, poison, usize::MAX, false);
+    check_buckets::<A>(shapes, ranks, policy, poison, 3 * ranks, false);
+    check_buckets::<A>(shapes, ranks, policy, poison, usize::MAX, true);
 }
 
 fn check_buckets<A: Element>(
@@ -74,6 +76,7 @@ fn check_buckets<A: Element>(
     policy: NonFinitePolicy,
     poison: Option<(usize, usize, usize, usize)>,
     bucket: usize,
+    transposed: bool,
 ) where
     MetaSGD<A>: Optimizer<A, IxDyn>,
 {
@@ -92,15 +95,45 @@ fn check_buckets<A: Element>(
         let mut opt = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
             .unwrap()
             .with_bucket_elements(bucket);
-        let mut params = init::<A>(shapes);
+        // Transposed storage: the views below have the logical shapes but
+        // reversed strides.
+        let mut store: Vec<ArrayD<A>> = init::<A>(shapes)
+            .into_iter()
+            .map(|p| {
+                if transposed {
+                    p.t().as_standard_layout().into_owned()
+                } else {
+                    p
+                }
+            })
+            .collect();
         let mut results = Vec::new();
         for step in 0..steps {
             let p = poison.filter(|p| p.0 == step).map(|p| (p.1, p.2, p.3));
             let g = grads::<A>(shapes, rank, step, p);
-            let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
+            let mut views: Vec<_> = store
+                .iter_mut()
+                .map(|p| {
+                    if transposed {
+                        p.view_mut().reversed_axes()
+                    } else {
+                        p.view_mut()
+                    }
+                })
+                .collect();
             let gv: Vec<_> = g.iter().map(|g| g.view()).collect();
             results.push(opt.step(&mut views, &gv));
         }
+        let params: Vec<ArrayD<A>> = store
+            .iter()
+            .map(|p| {
+                if transposed {
+                    p.t().to_owned()
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
         let alphas = opt.gather_alphas();
         (
             bits(&params),
@@ -119,7 +152,7 @@ fn check_buckets<A: Element>(
         want_opt.per_param_lrs().to_vec()
     };
     let what = format!(
-        "{} ranks={ranks} shapes={shapes:?} {policy:?} poison={poison:?} bucket={bucket}",
+        "{} ranks={ranks} shapes={shapes:?} {policy:?} poison={poison:?} bucket={bucket} transposed={transposed}",
         A::NAME
     );
     for (rank, (p, a, steps_done, skipped, results)) in got.into_iter().enumerate() {

@@ -203,6 +203,23 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
         cmd.arg(&example).arg(&dir).arg(steps);
         run(cmd, &format!("{ranks} ranks:"))?;
     }
+    // The sharded step against the plain all-reduce step, timed in the same
+    // rounds (3 and 4 ranks oversubscribe 2 cores: their times are the
+    // machine's, not the method's).
+    for line in lines.iter().filter(|l| l.starts_with("ranks=")) {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(ranks), Some(ratio)) = (field("ranks="), field("sharded_vs_plain=")) {
+            let target = if ranks == 1.0 { 1.1 } else { 1.0 };
+            println!(
+                "sharded step / plain all-reduce step, {ranks} rank(s): {ratio:.3} (target <= {target}) {}",
+                if ratio <= target { "met" } else { "MISSED" }
+            );
+        }
+    }
     let bad: Vec<&String> = lines.iter().filter(|l| mismatches(l) != Some(0)).collect();
     if bad.is_empty() {
         println!(

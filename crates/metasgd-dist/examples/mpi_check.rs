@@ -190,7 +190,13 @@ where
     };
     let plain_ms = plain.map(|(_, _, _, t)| median(t));
     let bytes = sharded.alpha_bytes();
-    (mismatches, median(times), plain_ms, bytes, sharded.into_collective())
+    (
+        mismatches,
+        median(times),
+        plain_ms,
+        bytes,
+        sharded.into_collective(),
+    )
 }
 
 /// Saves the optimizer with the replicated model (stored once, by rank 0).

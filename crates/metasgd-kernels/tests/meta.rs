@@ -1,7 +1,8 @@
-//! The meta-learning kernels against their scalar references, bit for bit.
+//! The meta-learning kernels against their scalar references, bit for bit,
+//! on the detected instruction set (AVX2 here) and on the portable path.
 
 use metasgd_kernels::Element;
-use metasgd_kernels::meta::{self, Adam, reference};
+use metasgd_kernels::meta::{self, AdamStep, reference};
 use proptest::prelude::*;
 
 fn bits<A: Element>(v: &[A]) -> Vec<u64> {
@@ -21,41 +22,92 @@ fn vectors<A: Element>(k: usize) -> impl Strategy<Value = Vec<Vec<A>>> {
         .prop_flat_map(move |n| prop::collection::vec(prop::collection::vec(value::<A>(), n), k))
 }
 
+/// Adam's constants at step `t`, as the meta-learner computes them.
+fn adam_step<A: Element>(t: u32) -> AdamStep<A> {
+    let a = |x: f64| A::from(x).unwrap();
+    let (beta1, beta2) = (a(0.9), a(0.999));
+    let t = i32::try_from(t).unwrap();
+    AdamStep {
+        lr: a(1e-3),
+        beta1,
+        beta2,
+        eps: a(1e-8),
+        bias1: A::one() - beta1.powi(t),
+        bias2: A::one() - beta2.powi(t),
+    }
+}
+
+/// Every operation of one instruction set, as function pointers.
+struct Ops<A> {
+    adapt: fn(&mut [A], &[A], &[A], &[A]),
+    alpha_grad: fn(&mut [A], &[A], &[A]),
+    mul: fn(&mut [A], &[A], &[A]),
+    sub_assign: fn(&mut [A], &[A]),
+    adam: fn(&mut [A], &mut [A], &mut [A], &[A], &AdamStep<A>),
+    sgd: fn(&mut [A], &[A], A),
+}
+
+fn detected<A: Element>() -> Ops<A> {
+    Ops {
+        adapt: meta::adapt,
+        alpha_grad: meta::alpha_grad,
+        mul: meta::mul,
+        sub_assign: meta::sub_assign,
+        adam: meta::adam,
+        sgd: meta::sgd,
+    }
+}
+
+fn portable<A: Element>() -> Ops<A> {
+    Ops {
+        adapt: meta::portable::adapt,
+        alpha_grad: meta::portable::alpha_grad,
+        mul: meta::portable::mul,
+        sub_assign: meta::portable::sub_assign,
+        adam: meta::portable::adam,
+        sgd: meta::portable::sgd,
+    }
+}
+
 fn check<A: Element>(v: &[Vec<A>], t: u32) {
+    check_ops(detected(), v, t);
+    check_ops(portable(), v, t);
+}
+
+fn check_ops<A: Element>(ops: Ops<A>, v: &[Vec<A>], t: u32) {
     let n = v[0].len();
     let (theta, alpha, g, lambda) = (&v[0], &v[1], &v[2], &v[3]);
 
     let mut out = vec![A::zero(); n];
-    meta::adapt(&mut out, theta, alpha, g);
+    (ops.adapt)(&mut out, theta, alpha, g);
     let want: Vec<A> = (0..n)
         .map(|i| reference::adapt(theta[i], alpha[i], g[i]))
         .collect();
     assert_eq!(bits(&out), bits(&want), "adapt");
 
     let mut d = v[4].clone();
-    meta::alpha_grad(&mut d, g, lambda);
+    (ops.alpha_grad)(&mut d, g, lambda);
     let want: Vec<A> = (0..n)
         .map(|i| reference::alpha_grad(v[4][i], g[i], lambda[i]))
         .collect();
     assert_eq!(bits(&d), bits(&want), "alpha_grad");
 
-    meta::mul(&mut out, alpha, lambda);
+    (ops.mul)(&mut out, alpha, lambda);
     let want: Vec<A> = (0..n)
         .map(|i| reference::mul(alpha[i], lambda[i]))
         .collect();
     assert_eq!(bits(&out), bits(&want), "mul");
 
     let mut l = lambda.clone();
-    meta::sub_assign(&mut l, g);
+    (ops.sub_assign)(&mut l, g);
     let want: Vec<A> = (0..n).map(|i| reference::sub(lambda[i], g[i])).collect();
     assert_eq!(bits(&l), bits(&want), "sub_assign");
 
-    let a = |x: f64| A::from(x).unwrap();
-    let c = Adam::new(a(1e-3), a(0.9), a(0.999), a(1e-8), t);
+    let c = adam_step::<A>(t);
     let (mut th, mut m) = (theta.clone(), alpha.clone());
     let mut s: Vec<A> = v[4].iter().map(|x| x.abs()).collect();
     let s0 = s.clone();
-    meta::adam(&mut th, &mut m, &mut s, g, &c);
+    (ops.adam)(&mut th, &mut m, &mut s, g, &c);
     for i in 0..n {
         let (wt, wm, wv) = reference::adam(theta[i], alpha[i], s0[i], g[i], &c);
         assert_eq!(
@@ -64,6 +116,12 @@ fn check<A: Element>(v: &[Vec<A>], t: u32) {
             "adam at {i}"
         );
     }
+
+    let mut th = theta.clone();
+    let lr = lambda.first().copied().unwrap_or(A::one());
+    (ops.sgd)(&mut th, g, lr);
+    let want: Vec<A> = (0..n).map(|i| reference::sgd(theta[i], g[i], lr)).collect();
+    assert_eq!(bits(&th), bits(&want), "sgd");
 }
 
 proptest! {
@@ -82,7 +140,7 @@ proptest! {
 
 #[test]
 fn adam_bias_corrections() {
-    let c = Adam::new(1e-3_f64, 0.9, 0.999, 1e-8, 1);
+    let c = adam_step::<f64>(1);
     assert_eq!(c.bias1.to_bits(), (1.0_f64 - 0.9).to_bits());
     assert_eq!(c.bias2.to_bits(), (1.0_f64 - 0.999).to_bits());
     // The first update moves by about lr in the gradient's direction.

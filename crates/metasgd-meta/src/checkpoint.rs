@@ -8,12 +8,12 @@
 //! | entry | where | what |
 //! |---|---|---|
 //! | `theta.{j}`, `alpha.{j}` | tensors of `A` | the initialisation and the rates |
-//! | `m_theta.{j}`, `v_theta.{j}` | tensors of `A` | Adam's moments for `theta` |
-//! | `m_alpha.{j}`, `v_alpha.{j}` | tensors of `A` | Adam's moments for `alpha` (Meta-SGD only) |
-//! | `outer_lr`, `beta1`, `beta2`, `eps` | 0-d tensors of `A` | Adam's settings, exact bits |
+//! | `m_theta.{j}`, `v_theta.{j}` | tensors of `A` | Adam's moments for `theta` (Adam only) |
+//! | `m_alpha.{j}`, `v_alpha.{j}` | tensors of `A` | Adam's moments for `alpha` (Adam and Meta-SGD only) |
+//! | `outer_lr`; `beta1`, `beta2`, `eps` (Adam only) | 0-d tensors of `A` | the outer optimizer's settings, exact bits |
 //! | `inner_steps`, `step` | 0-d `U64` | `1..=MAX_INNER_STEPS`; `< 2^32 - 1` |
 //! | `tensor.{name}` | tensors of `A` | the caller's tensors |
-//! | `dtype`, `method`, `order`, `params`, `tensors` | `__metadata__` | `f32`/`f64`; `meta-sgd`/`maml`; `first`/`second`; the tensor count; the caller's names (JSON) |
+//! | `dtype`, `method`, `order`, `outer`, `params`, `tensors` | `__metadata__` | `f32`/`f64`; `meta-sgd`/`maml`; `first`/`second`; `adam`/`sgd`; the tensor count; the caller's names (JSON) |
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,7 +23,7 @@ use metasgd_core::{Error, MAX_INNER_STEPS, Result};
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD};
 
-use crate::{MetaLearner, Order};
+use crate::{MetaLearner, Order, Outer};
 
 const FORMAT: &str = "metasgd-meta";
 const TENSOR_PREFIX: &str = "tensor.";
@@ -106,13 +106,27 @@ impl<A: Element> MetaLearner<A> {
             },
         )?;
         w.metadata("params", self.theta.len().to_string())?;
-        for (name, v) in [
-            ("outer_lr", self.outer_lr),
-            ("beta1", self.beta1),
-            ("beta2", self.beta2),
-            ("eps", self.eps),
-        ] {
-            w.float(name, v)?;
+        match self.outer {
+            Outer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                w.metadata("outer", "adam")?;
+                for (name, v) in [
+                    ("outer_lr", lr),
+                    ("beta1", beta1),
+                    ("beta2", beta2),
+                    ("eps", eps),
+                ] {
+                    w.float(name, v)?;
+                }
+            }
+            Outer::Sgd { lr } => {
+                w.metadata("outer", "sgd")?;
+                w.float("outer_lr", lr)?;
+            }
         }
         w.count("inner_steps", self.inner_steps as u64)?;
         w.count("step", u64::from(self.step))?;
@@ -148,7 +162,7 @@ impl<A: Element> MetaLearner<A> {
     /// checksums first, then every field, before anything is built.
     pub fn from_state_bytes_with(bytes: &[u8]) -> Result<(Self, NamedTensors<A>)> {
         let r = Reader::open(bytes, FORMAT, false)?;
-        r.only_metadata(&["dtype", "method", "order", "params", "tensors"])?;
+        r.only_metadata(&["dtype", "method", "order", "outer", "params", "tensors"])?;
         let dtype = r.metadata("dtype")?;
         if dtype != A::NAME {
             return Err(Error::invalid_checkpoint(
@@ -179,6 +193,16 @@ impl<A: Element> MetaLearner<A> {
                 ));
             }
         };
+        let adam = match r.metadata("outer")? {
+            "adam" => true,
+            "sgd" => false,
+            other => {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.outer",
+                    format!("unknown outer optimizer {other:?} (adam, sgd)"),
+                ));
+            }
+        };
         let params_text = r.metadata("params")?;
         let params: usize = params_text
             .parse()
@@ -192,12 +216,21 @@ impl<A: Element> MetaLearner<A> {
             })?;
         let caller: Vec<String> = serde_json::from_str(r.metadata("tensors")?)
             .map_err(|e| Error::invalid_checkpoint("__metadata__.tensors", e.to_string()))?;
-        let groups = if learn_alpha { 6 } else { 4 };
+        // theta, alpha, then the moments the optimizer keeps.
+        let present: Vec<bool> = GROUPS
+            .iter()
+            .map(|g| match *g {
+                "theta" | "alpha" => true,
+                "m_theta" | "v_theta" => adam,
+                _ => adam && learn_alpha,
+            })
+            .collect();
         let mut expected: BTreeSet<String> =
-            ["outer_lr", "beta1", "beta2", "eps", "inner_steps", "step"]
-                .map(String::from)
-                .into();
-        for group in &GROUPS[..groups] {
+            ["outer_lr", "inner_steps", "step"].map(String::from).into();
+        if adam {
+            expected.extend(["beta1", "beta2", "eps"].map(String::from));
+        }
+        for (group, _) in GROUPS.iter().zip(&present).filter(|(_, p)| **p) {
             expected.extend((0..params).map(|j| format!("{group}.{j}")));
         }
         for name in &caller {
@@ -225,20 +258,24 @@ impl<A: Element> MetaLearner<A> {
                 Error::invalid_checkpoint("step", format!("{step} is not below 2^32 - 1"))
             })?;
         let mut arrays: Vec<Vec<ArrayD<A>>> = Vec::with_capacity(6);
-        for group in &GROUPS[..groups] {
-            arrays.push(
+        for (group, &p) in GROUPS.iter().zip(&present) {
+            arrays.push(if p {
                 (0..params)
                     .map(|j| r.floats(&format!("{group}.{j}")))
-                    .collect::<Result<_>>()?,
-            );
+                    .collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            });
         }
         for (j, theta) in arrays[0].iter().enumerate() {
             let shape = theta.shape();
             for (group, arrays) in GROUPS.iter().zip(&arrays).skip(1) {
-                if arrays[j].shape() != shape {
+                if let Some(a) = arrays.get(j)
+                    && a.shape() != shape
+                {
                     return Err(Error::invalid_checkpoint(
                         format!("{group}.{j}"),
-                        format!("shape {:?}, theta.{j} has {shape:?}", arrays[j].shape()),
+                        format!("shape {:?}, theta.{j} has {shape:?}", a.shape()),
                     ));
                 }
             }
@@ -255,10 +292,18 @@ impl<A: Element> MetaLearner<A> {
             learn_alpha,
             inner_steps: inner_steps as usize,
             order,
-            outer_lr: r.float("outer_lr")?,
-            beta1: r.float("beta1")?,
-            beta2: r.float("beta2")?,
-            eps: r.float("eps")?,
+            outer: if adam {
+                Outer::Adam {
+                    lr: r.float("outer_lr")?,
+                    beta1: r.float("beta1")?,
+                    beta2: r.float("beta2")?,
+                    eps: r.float("eps")?,
+                }
+            } else {
+                Outer::Sgd {
+                    lr: r.float("outer_lr")?,
+                }
+            },
             step,
         };
         let tensors = caller

@@ -1,13 +1,13 @@
-//! The meta-learner: exact meta-gradients over a meta-batch, Adam outside.
-
-use std::borrow::Cow;
+//! The meta-learner: exact meta-gradients over a meta-batch, an outer
+//! optimizer ([`Outer`], Adam by default) outside.
 
 use metasgd_core::{Error, MAX_INNER_STEPS, MetaSGD, Result};
-use metasgd_kernels::meta::{self, Adam};
+use metasgd_kernels::meta;
 use metasgd_kernels::{Element, scalar};
 use ndarray::ArrayD;
 
-use crate::{Objective, Task};
+use crate::outer::flat;
+use crate::{Objective, Outer, Task};
 
 /// How much of the meta-gradient to compute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -45,11 +45,8 @@ pub struct MetaLearner<A: Element> {
     pub(crate) learn_alpha: bool,
     pub(crate) inner_steps: usize,
     pub(crate) order: Order,
-    pub(crate) outer_lr: A,
-    /// Adam's moment decays and epsilon.
-    pub(crate) beta1: A,
-    pub(crate) beta2: A,
-    pub(crate) eps: A,
+    /// The outer optimizer; `m_*`/`v_*` are its moments (empty for SGD).
+    pub(crate) outer: Outer<A>,
     pub(crate) step: u32,
     pub(crate) m_theta: Vec<ArrayD<A>>,
     pub(crate) v_theta: Vec<ArrayD<A>>,
@@ -59,15 +56,6 @@ pub struct MetaLearner<A: Element> {
 
 fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
     v.iter().map(zeros_of).collect()
-}
-
-/// The elements of `a` in logical (row-major) order, borrowed when it is
-/// already laid out that way.
-fn flat<A: Element>(a: &ArrayD<A>) -> Cow<'_, [A]> {
-    match a.as_slice() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(a.iter().copied().collect()),
-    }
 }
 
 /// Zeros of `like`'s shape, row-major (so `slice_mut` applies).
@@ -107,10 +95,7 @@ impl<A: Element> MetaLearner<A> {
             learn_alpha,
             inner_steps: 1,
             order: Order::Second,
-            outer_lr: A::from(1e-3).unwrap_or(A::ZERO),
-            beta1: A::from(0.9).unwrap_or(A::ZERO),
-            beta2: A::from(0.999).unwrap_or(A::ZERO),
-            eps: A::from(1e-8).unwrap_or(A::ZERO),
+            outer: Outer::adam(A::from(1e-3).unwrap_or(A::ZERO)),
             step: 0,
         }
     }
@@ -132,12 +117,26 @@ impl<A: Element> MetaLearner<A> {
         self
     }
 
-    /// Adam's moment decays and epsilon for the outer update (defaults
-    /// `0.9`, `0.999`, `1e-8`). Each decay must be in `[0, 1)` and epsilon
-    /// finite and `> 0`; the next meta-step reports a value that is not.
-    pub fn with_adam(mut self, beta1: A, beta2: A, eps: A) -> Self {
-        (self.beta1, self.beta2, self.eps) = (beta1, beta2, eps);
+    /// The outer optimizer (default: Adam, step size `1e-3`, decays `0.9`
+    /// and `0.999`, epsilon `1e-8`). Its settings are checked by the next
+    /// meta-step. Changing its kind starts its moments afresh.
+    pub fn with_outer(mut self, outer: Outer<A>) -> Self {
+        if outer.has_moments() != self.outer.has_moments() {
+            let moments =
+                |on: bool, like: &[ArrayD<A>]| if on { zeros_like(like) } else { Vec::new() };
+            let (adam, alpha) = (outer.has_moments(), self.learn_alpha);
+            self.m_theta = moments(adam, &self.theta);
+            self.v_theta = moments(adam, &self.theta);
+            self.m_alpha = moments(adam && alpha, &self.theta);
+            self.v_alpha = moments(adam && alpha, &self.theta);
+        }
+        self.outer = outer;
         self
+    }
+
+    /// The outer optimizer.
+    pub fn outer(&self) -> Outer<A> {
+        self.outer
     }
 
     /// First or second order (default [`Order::Second`]).
@@ -146,9 +145,9 @@ impl<A: Element> MetaLearner<A> {
         self
     }
 
-    /// Adam's step size for the outer update (default `1e-3`).
+    /// The outer optimizer's step size (default `1e-3`).
     pub fn with_outer_lr(mut self, lr: A) -> Self {
-        self.outer_lr = lr;
+        self.outer = self.outer.with_lr(lr);
         self
     }
 
@@ -218,36 +217,6 @@ impl<A: Element> MetaLearner<A> {
                     gradients: g.shape().to_vec(),
                 });
             }
-        }
-        Ok(())
-    }
-
-    /// The outer optimizer's settings, checked before anything moves.
-    fn check_settings(&self) -> Result<()> {
-        let bad = |name: &'static str, v: A, requirement: &'static str| {
-            Err(Error::InvalidHyperparameter {
-                name,
-                value: v.to_f64().unwrap_or(f64::NAN),
-                requirement,
-            })
-        };
-        if !(self.outer_lr.is_finite() && self.outer_lr >= A::ZERO) {
-            return bad("outer_lr", self.outer_lr, "finite and >= 0");
-        }
-        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(b >= A::ZERO && b < A::one()) {
-                return bad(name, b, "in [0, 1)");
-            }
-        }
-        if !(self.eps.is_finite() && self.eps > A::ZERO) {
-            return bad("eps", self.eps, "finite and > 0");
-        }
-        if self.step == u32::MAX {
-            return bad(
-                "step",
-                A::from(self.step).unwrap_or(A::ZERO),
-                "below 2^32 - 1",
-            );
         }
         Ok(())
     }
@@ -377,38 +346,34 @@ impl<A: Element> MetaLearner<A> {
         })
     }
 
-    /// One meta-update: the meta-gradient over `tasks`, then Adam on the
-    /// initialisation and (Meta-SGD) the rates. Returns the mean query loss
-    /// before the update. On error nothing changes.
+    /// One meta-update: the meta-gradient over `tasks`, then the outer
+    /// optimizer on the initialisation and (Meta-SGD) the rates. Returns
+    /// the mean query loss before the update. On error nothing changes.
     pub fn meta_step<O: Objective<A>>(&mut self, obj: &O, tasks: &[Task<O::Batch>]) -> Result<A> {
-        self.check_settings()?;
+        self.outer.check()?;
+        if self.step == u32::MAX {
+            return Err(Error::InvalidHyperparameter {
+                name: "step",
+                value: f64::from(self.step),
+                requirement: "below 2^32 - 1",
+            });
+        }
         let g = self.meta_gradient(obj, tasks)?;
         self.step += 1;
-        let cfg = Adam::new(self.outer_lr, self.beta1, self.beta2, self.eps, self.step);
-        let groups = [
-            (
-                &mut self.theta,
-                &mut self.m_theta,
-                &mut self.v_theta,
-                &g.theta,
-            ),
-            (
-                &mut self.alpha,
-                &mut self.m_alpha,
-                &mut self.v_alpha,
-                &g.alpha,
-            ),
-        ];
-        for (params, m, v, grads) in groups {
-            for (((p, m), v), g) in params
-                .iter_mut()
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-                .zip(grads.iter())
-            {
-                meta::adam(slice_mut(p), slice_mut(m), slice_mut(v), &flat(g), &cfg);
-            }
-        }
+        self.outer.update(
+            self.step,
+            &mut self.theta,
+            &mut self.m_theta,
+            &mut self.v_theta,
+            &g.theta,
+        );
+        self.outer.update(
+            self.step,
+            &mut self.alpha,
+            &mut self.m_alpha,
+            &mut self.v_alpha,
+            &g.alpha,
+        );
         Ok(g.loss)
     }
 

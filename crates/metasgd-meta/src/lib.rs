@@ -38,10 +38,12 @@
 mod checkpoint;
 mod learner;
 mod mlp;
+mod outer;
 mod sinusoid;
 
 pub use learner::{MetaGradient, MetaLearner, Order};
 pub use mlp::Mlp;
+pub use outer::Outer;
 pub use sinusoid::{Sine, Sinusoid};
 
 use metasgd_kernels::Element;

@@ -4,7 +4,7 @@
 
 use metasgd_core::Error;
 use metasgd_kernels::Element;
-use metasgd_meta::{MetaLearner, Mlp, Order, Sinusoid};
+use metasgd_meta::{MetaLearner, Mlp, Order, Outer, Sinusoid};
 use ndarray::ArrayD;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -32,8 +32,15 @@ fn learners<A: Element>(net: &Mlp) -> Vec<(&'static str, MetaLearner<A>)> {
             "meta-sgd",
             MetaLearner::meta_sgd(net.init(3), a(0.02))
                 .with_inner_steps(2)
-                .with_outer_lr(a(0.005))
-                .with_adam(a(0.8), a(0.99), a(1e-7)),
+                .with_outer(
+                    Outer::adam(a(0.005))
+                        .with_betas(a(0.8), a(0.99))
+                        .with_eps(a(1e-7)),
+                ),
+        ),
+        (
+            "meta-sgd with sgd outside",
+            MetaLearner::meta_sgd(net.init(3), a(0.02)).with_outer(Outer::sgd(a(0.01))),
         ),
         ("maml", MetaLearner::maml(net.init(3), a(0.02))),
         (
@@ -130,7 +137,9 @@ fn caller_tensors_and_refusals() {
     }
     assert!(refused > 0);
     // Settings out of range are reported by the next meta-step, and nothing moves.
-    let mut bad = l.clone().with_adam(1.0, 0.999, 1e-8);
+    let mut bad = l
+        .clone()
+        .with_outer(Outer::adam(1e-3).with_betas(1.0, 0.999));
     let before = bits(bad.params());
     let mut rng = StdRng::seed_from_u64(0);
     let tasks = vec![Sinusoid::default().sample::<f64, _>(&mut rng, 5, 5)];

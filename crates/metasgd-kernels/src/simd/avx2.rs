@@ -13,9 +13,9 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::WithPacks;
 use super::pack::{Pack, STREAM_ALIGN};
-use super::sweep::{Lanewise, sweep};
-use crate::{Element, Update};
+use crate::Element;
 
 /// Proof that this CPU runs AVX2: only [`Avx2::try_new`] makes one.
 #[derive(Clone, Copy, Debug)]
@@ -44,23 +44,18 @@ impl Avx2 {
         has.then_some(Self { _private: () })
     }
 
-    /// Runs `op` over one update in AVX registers.
+    /// Runs `op` in AVX registers.
     #[inline]
-    pub(crate) fn run<A: Element, O: Lanewise<A>>(self, u: Update<'_, A>, op: O, streaming: bool) {
+    pub(crate) fn dispatch<A: Element, O: WithPacks<A>>(self, op: O) {
         // SAFETY: `self` exists only if `try_new` found AVX2 on this CPU.
-        unsafe { run_avx2::<A, O>(self, u, op, streaming) }
+        unsafe { dispatch_avx2::<A, O>(self, op) }
     }
 }
 
-/// The loop, compiled for AVX2 (everything below is inlined into it).
+/// Every operation's loop, compiled for AVX2 (the operation is inlined into it).
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2<A: Element, O: Lanewise<A>>(tok: Avx2, u: Update<'_, A>, op: O, streaming: bool) {
-    sweep::<A, A::Avx2, O>(tok, u, op, streaming);
-    if streaming {
-        // Non-temporal stores are weakly ordered: fence them before whoever
-        // reads the output (another thread, after rayon's join) can look.
-        _mm_sfence();
-    }
+fn dispatch_avx2<A: Element, O: WithPacks<A>>(tok: Avx2, op: O) {
+    op.packs::<A::Avx2>(tok);
 }
 
 /// Eight `f32` lanes in one AVX register.
@@ -118,6 +113,12 @@ macro_rules! avx_pack {
                 } else {
                     self.store_uninit(s)
                 }
+            }
+            #[inline(always)]
+            fn fence() {
+                // SAFETY: see the note above the macro (SSE is part of x86-64).
+                // Non-temporal stores are weakly ordered: this orders them.
+                unsafe { _mm_sfence() }
             }
             #[inline(always)]
             fn prefetch(p: *const $a) {

@@ -26,7 +26,43 @@ mod wide;
 use std::sync::OnceLock;
 
 use crate::{Config, Element, Update};
+use pack::Pack;
 use sweep::Lanewise;
+
+/// An element-wise operation written once over packs of any instruction
+/// set, and over scalars: what [`Isa::dispatch`] runs. The Meta-SGD update
+/// ([`Sweep`]) and every operation of [`crate::meta`] are such operations,
+/// so all of them run on the one CPU decision and the same packs.
+pub(crate) trait WithPacks<A: Element> {
+    /// The operation on packs of `P` (the tail of a slice that does not
+    /// fill a pack runs the scalar form, inside).
+    fn packs<P: Pack<A>>(self, tok: P::Token);
+    /// The operation on scalars, for builds without the `simd` feature.
+    fn scalars(self);
+}
+
+/// The Meta-SGD update (or the roofline's operation) over one update, as
+/// [`sweep::sweep`] runs it.
+struct Sweep<'a, A, O> {
+    u: Update<'a, A>,
+    op: O,
+    streaming: bool,
+}
+
+impl<A: Element, O: Lanewise<A>> WithPacks<A> for Sweep<'_, A, O> {
+    #[inline(always)]
+    fn packs<P: Pack<A>>(self, tok: P::Token) {
+        sweep::sweep::<A, P, O>(tok, self.u, self.op, self.streaming);
+        if self.streaming {
+            P::fence();
+        }
+    }
+
+    #[inline(always)]
+    fn scalars(self) {
+        sweep::scalar(self.u, self.op);
+    }
+}
 
 /// Whether this build has the SIMD kernel (the `simd` feature).
 pub(crate) const AVAILABLE: bool = cfg!(feature = "simd");
@@ -118,17 +154,23 @@ impl Isa {
         }
     }
 
-    /// Runs `op` over one update.
+    /// Runs `op` on this instruction set: the one dispatch of every
+    /// element-wise operation.
+    #[inline]
+    pub(crate) fn dispatch<A: Element, O: WithPacks<A>>(self, op: O) {
+        match self {
+            Isa::Scalar => op.scalars(),
+            #[cfg(feature = "simd")]
+            Isa::Wide => op.packs::<A::Wide>(()),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx2(tok) => tok.dispatch(op),
+        }
+    }
+
+    /// Runs the lane-wise `op` over one update.
     #[inline]
     pub(crate) fn run<A: Element, O: Lanewise<A>>(self, u: Update<'_, A>, op: O, streaming: bool) {
-        let _ = streaming; // the scalar form's stores are ordinary
-        match self {
-            Isa::Scalar => sweep::scalar(u, op),
-            #[cfg(feature = "simd")]
-            Isa::Wide => sweep::sweep::<A, A::Wide, O>((), u, op, streaming),
-            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Isa::Avx2(tok) => tok.run(u, op, streaming),
-        }
+        self.dispatch(Sweep { u, op, streaming });
     }
 
     /// The Meta-SGD update of one tensor.

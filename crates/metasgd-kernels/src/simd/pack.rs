@@ -42,6 +42,11 @@ pub trait Pack<A>: Copy {
     /// any address allowed). Does nothing where the pack has no such instruction.
     #[inline(always)]
     fn prefetch(_p: *const A) {}
+    /// Orders the streaming stores made so far before later stores (they
+    /// are weakly ordered): run after a loop that used [`Self::store_stream`],
+    /// before anyone (another thread, after a join) reads the output.
+    #[inline(always)]
+    fn fence() {}
     /// Lane-wise `self + o`.
     fn add(self, o: Self) -> Self;
     /// Lane-wise `self + o`, the same bits as [`Self::add`], computed where

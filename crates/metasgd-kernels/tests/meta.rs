@@ -37,13 +37,18 @@ fn adam_step<A: Element>(t: u32) -> AdamStep<A> {
     }
 }
 
+/// `out = f(a, b, c)`, element-wise.
+type Ternary<A> = fn(&mut [A], &[A], &[A], &[A]);
+/// One Adam update.
+type AdamFn<A> = fn(&mut [A], &mut [A], &mut [A], &[A], &AdamStep<A>);
+
 /// Every operation of one instruction set, as function pointers.
 struct Ops<A> {
-    adapt: fn(&mut [A], &[A], &[A], &[A]),
+    adapt: Ternary<A>,
     alpha_grad: fn(&mut [A], &[A], &[A]),
     mul: fn(&mut [A], &[A], &[A]),
     sub_assign: fn(&mut [A], &[A]),
-    adam: fn(&mut [A], &mut [A], &mut [A], &[A], &AdamStep<A>),
+    adam: AdamFn<A>,
     sgd: fn(&mut [A], &[A], A),
 }
 

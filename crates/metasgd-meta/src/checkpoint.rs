@@ -305,6 +305,7 @@ impl<A: Element> MetaLearner<A> {
                 }
             },
             step,
+            buffers: Default::default(),
         };
         let tensors = caller
             .into_iter()

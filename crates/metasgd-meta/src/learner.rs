@@ -52,6 +52,88 @@ pub struct MetaLearner<A: Element> {
     pub(crate) v_theta: Vec<ArrayD<A>>,
     pub(crate) m_alpha: Vec<ArrayD<A>>,
     pub(crate) v_alpha: Vec<ArrayD<A>>,
+    /// Every task's buffers, kept across meta-iterations (not part of the
+    /// state: a clone or a loaded learner starts without them).
+    pub(crate) buffers: Buffers,
+}
+
+/// One task's buffers: the objective's workspace, the inner iterates and
+/// gradients, and the reverse sweep's vectors. Sized once, reused by every
+/// meta-iteration.
+pub(crate) struct TaskBuffers<A, W> {
+    ws: W,
+    /// `theta_1 .. theta_K` (`theta_0` is the learner's).
+    iterates: Vec<Vec<ArrayD<A>>>,
+    /// `g_0 .. g_{K-1}`.
+    grads: Vec<Vec<ArrayD<A>>>,
+    /// The query gradient, then the sweep's `lambda`: the task's `dtheta`.
+    lambda: Vec<ArrayD<A>>,
+    /// The task's `dalpha` (empty for MAML).
+    dalpha: Vec<ArrayD<A>>,
+    /// `alpha * lambda`, and the Hessian times it.
+    direction: Vec<ArrayD<A>>,
+    hv: Vec<ArrayD<A>>,
+}
+
+impl<A: Element, W> TaskBuffers<A, W> {
+    fn new(ws: W, like: &[ArrayD<A>], k: usize, learn_alpha: bool) -> Self {
+        Self {
+            ws,
+            iterates: (0..k).map(|_| zeros_like(like)).collect(),
+            grads: (0..k).map(|_| zeros_like(like)).collect(),
+            lambda: zeros_like(like),
+            dalpha: if learn_alpha {
+                zeros_like(like)
+            } else {
+                Vec::new()
+            },
+            direction: zeros_like(like),
+            hv: zeros_like(like),
+        }
+    }
+
+    /// Whether these buffers serve a learner of these shapes and settings.
+    fn fits(&self, like: &[ArrayD<A>], k: usize, learn_alpha: bool) -> bool {
+        self.iterates.len() == k
+            && self.dalpha.is_empty() != learn_alpha
+            && self.lambda.len() == like.len()
+            && self
+                .lambda
+                .iter()
+                .zip(like)
+                .all(|(a, b)| a.shape() == b.shape())
+    }
+}
+
+/// The task buffers of the last meta-iteration, whatever the objective's
+/// workspace type (taken out while a meta-gradient runs).
+#[derive(Default)]
+pub(crate) struct Buffers(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Buffers {
+    /// The kept buffers if they are of this type, else none.
+    fn take<T: Send + 'static>(&self) -> Vec<T> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        kept.and_then(|b| b.downcast::<Vec<T>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default()
+    }
+
+    fn put<T: Send + 'static>(&self, v: Vec<T>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(v));
+    }
+}
+
+impl Clone for Buffers {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Buffers")
+    }
 }
 
 fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
@@ -97,6 +179,7 @@ impl<A: Element> MetaLearner<A> {
             order: Order::Second,
             outer: Outer::adam(A::from(1e-3).unwrap_or(A::ZERO)),
             step: 0,
+            buffers: Buffers::default(),
         }
     }
 
@@ -181,25 +264,23 @@ impl<A: Element> MetaLearner<A> {
     /// Adapts the initialisation to one task's support set:
     /// `K` steps of `theta - alpha * grad`.
     pub fn adapt<O: Objective<A>>(&self, obj: &O, support: &O::Batch) -> Vec<ArrayD<A>> {
+        let mut ws = obj.workspace();
+        let mut g = zeros_like(&self.theta);
         let mut theta = self.theta.clone();
+        let mut next = zeros_like(&self.theta);
         for _ in 0..self.inner_steps {
-            let (_, g) = obj.loss_grad(&theta, support);
-            theta = self.adapt_once(&theta, &g);
+            obj.loss_grad_into(&theta, support, &mut ws, &mut g);
+            self.adapt_into(&theta, &g, &mut next);
+            std::mem::swap(&mut theta, &mut next);
         }
         theta
     }
 
-    fn adapt_once(&self, theta: &[ArrayD<A>], g: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
-        theta
-            .iter()
-            .zip(&self.alpha)
-            .zip(g)
-            .map(|((t, a), g)| {
-                let mut out = zeros_of(t);
-                meta::adapt(slice_mut(&mut out), &flat(t), &flat(a), &flat(g));
-                out
-            })
-            .collect()
+    /// `out = theta - alpha * g`, tensor by tensor.
+    fn adapt_into(&self, theta: &[ArrayD<A>], g: &[ArrayD<A>], out: &mut [ArrayD<A>]) {
+        for (((t, a), g), o) in theta.iter().zip(&self.alpha).zip(g).zip(out) {
+            meta::adapt(slice_mut(o), &flat(t), &flat(a), &flat(g));
+        }
     }
 
     fn check_shapes(&self, g: &[ArrayD<A>]) -> Result<()> {
@@ -210,7 +291,7 @@ impl<A: Element> MetaLearner<A> {
             });
         }
         for (slot, (t, g)) in self.theta.iter().zip(g).enumerate() {
-            if t.shape() != g.shape() {
+            if t.shape() != g.shape() || !g.is_standard_layout() {
                 return Err(Error::ShapeMismatch {
                     slot,
                     params: t.shape().to_vec(),
@@ -221,62 +302,68 @@ impl<A: Element> MetaLearner<A> {
         Ok(())
     }
 
-    /// One task's query loss and meta-gradient.
+    /// One task's query loss; its meta-gradient is left in `buf.lambda`
+    /// (theta) and `buf.dalpha` (the rates).
     fn task_gradient<O: Objective<A>>(
         &self,
         obj: &O,
         task: &Task<O::Batch>,
-    ) -> Result<MetaGradient<A>> {
+        buf: &mut TaskBuffers<A, O::Workspace>,
+    ) -> Result<A> {
         let k = self.inner_steps;
-        let mut iterates = Vec::with_capacity(k + 1);
-        let mut grads = Vec::with_capacity(k);
-        iterates.push(self.theta.clone());
+        let TaskBuffers {
+            ws,
+            iterates,
+            grads,
+            lambda,
+            dalpha,
+            direction,
+            hv,
+        } = buf;
+        // theta_0 = theta; theta_{s+1} = theta_s - alpha * g_s.
         for step in 0..k {
-            let (_, g) = obj.loss_grad(&iterates[step], &task.support);
-            self.check_shapes(&g)?;
-            let next = self.adapt_once(&iterates[step], &g);
-            grads.push(g);
-            iterates.push(next);
+            let (done, rest) = iterates.split_at_mut(step);
+            let at: &[ArrayD<A>] = if step == 0 {
+                &self.theta
+            } else {
+                &done[step - 1]
+            };
+            obj.loss_grad_into(at, &task.support, ws, &mut grads[step]);
+            self.check_shapes(&grads[step])?;
+            self.adapt_into(at, &grads[step], &mut rest[0]);
         }
-        let (loss, u) = obj.loss_grad(&iterates[k], &task.query);
-        self.check_shapes(&u)?;
-        // The reverse sweep.
-        let mut lambda: Vec<ArrayD<A>> = u
-            .iter()
-            .map(|a| a.as_standard_layout().into_owned())
-            .collect();
-        let mut dalpha = if self.learn_alpha {
-            zeros_like(&self.theta)
+        let last: &[ArrayD<A>] = if k == 0 {
+            &self.theta
         } else {
-            Vec::new()
+            &iterates[k - 1]
         };
+        let loss = obj.loss_grad_into(last, &task.query, ws, lambda);
+        self.check_shapes(lambda)?;
+        // The reverse sweep.
+        for d in dalpha.iter_mut() {
+            d.fill(A::ZERO);
+        }
         for step in (0..k).rev() {
-            for (d, (g, l)) in dalpha.iter_mut().zip(grads[step].iter().zip(&lambda)) {
+            for (d, (g, l)) in dalpha.iter_mut().zip(grads[step].iter().zip(lambda.iter())) {
                 meta::alpha_grad(slice_mut(d), &flat(g), &flat(l));
             }
             if self.order == Order::Second {
-                let direction: Vec<ArrayD<A>> = self
-                    .alpha
-                    .iter()
-                    .zip(&lambda)
-                    .map(|(a, l)| {
-                        let mut out = zeros_of(a);
-                        meta::mul(slice_mut(&mut out), &flat(a), &flat(l));
-                        out
-                    })
-                    .collect();
-                let hv = obj.hessian_vector(&iterates[step], &task.support, &direction);
-                self.check_shapes(&hv)?;
-                for (l, h) in lambda.iter_mut().zip(&hv) {
+                for ((out, a), l) in direction.iter_mut().zip(&self.alpha).zip(lambda.iter()) {
+                    meta::mul(slice_mut(out), &flat(a), &flat(l));
+                }
+                let at: &[ArrayD<A>] = if step == 0 {
+                    &self.theta
+                } else {
+                    &iterates[step - 1]
+                };
+                obj.hessian_vector_into(at, &task.support, direction, ws, hv);
+                self.check_shapes(hv)?;
+                for (l, h) in lambda.iter_mut().zip(hv.iter()) {
                     meta::sub_assign(slice_mut(l), &flat(h));
                 }
             }
         }
-        Ok(MetaGradient {
-            loss,
-            theta: lambda,
-            alpha: dalpha,
-        })
+        Ok(loss)
     }
 
     /// The meta-gradient over `tasks`: each task's query loss after
@@ -306,16 +393,31 @@ impl<A: Element> MetaLearner<A> {
                 gradients: 0,
             });
         }
+        let mut pool = self.buffers.take::<TaskBuffers<A, O::Workspace>>();
+        pool.retain(|b| b.fits(&self.theta, self.inner_steps, self.learn_alpha));
+        pool.resize_with(tasks.len(), || {
+            TaskBuffers::new(
+                obj.workspace(),
+                &self.theta,
+                self.inner_steps,
+                self.learn_alpha,
+            )
+        });
         #[cfg(feature = "parallel")]
-        let per_task: Vec<Result<_>> = {
+        let per_task: Vec<Result<A>> = {
             use rayon::prelude::*;
             tasks
                 .par_iter()
-                .map(|t| self.task_gradient(obj, t))
+                .zip(pool.par_iter_mut())
+                .map(|(t, b)| self.task_gradient(obj, t, b))
                 .collect()
         };
         #[cfg(not(feature = "parallel"))]
-        let per_task: Vec<Result<_>> = tasks.iter().map(|t| self.task_gradient(obj, t)).collect();
+        let per_task: Vec<Result<A>> = tasks
+            .iter()
+            .zip(pool.iter_mut())
+            .map(|(t, b)| self.task_gradient(obj, t, b))
+            .collect();
 
         let mut loss = A::ZERO;
         let mut theta = zeros_like(&self.theta);
@@ -324,16 +426,27 @@ impl<A: Element> MetaLearner<A> {
         } else {
             Vec::new()
         };
-        for r in per_task {
-            let MetaGradient {
-                loss: l,
-                theta: dt,
-                alpha: da,
-            } = r?;
-            loss = loss + l;
-            for (sum, g) in theta.iter_mut().zip(&dt).chain(alpha.iter_mut().zip(&da)) {
-                sum.zip_mut_with(g, |s, &g| *s = *s + g);
+        let mut failed = None;
+        for (r, b) in per_task.into_iter().zip(&pool) {
+            match r {
+                Ok(l) => {
+                    loss = loss + l;
+                    for (sum, g) in theta
+                        .iter_mut()
+                        .zip(&b.lambda)
+                        .chain(alpha.iter_mut().zip(&b.dalpha))
+                    {
+                        sum.zip_mut_with(g, |s, &g| *s = *s + g);
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
+        }
+        self.buffers.put(pool);
+        if let Some(e) = failed {
+            return Err(e);
         }
         let n = A::from(tasks.len()).unwrap_or(A::one());
         for sum in theta.iter_mut().chain(alpha.iter_mut()) {

@@ -42,7 +42,7 @@ mod outer;
 mod sinusoid;
 
 pub use learner::{MetaGradient, MetaLearner, Order};
-pub use mlp::Mlp;
+pub use mlp::{Mlp, MlpWorkspace};
 pub use outer::Outer;
 pub use sinusoid::{Sine, Sinusoid};
 
@@ -51,19 +51,57 @@ use ndarray::{Array2, ArrayD};
 
 /// A loss over parameter tensors, with its gradient and Hessian-vector product.
 ///
+/// The two required methods write into buffers the caller owns (`grad`,
+/// `hv`: one row-major array per parameter tensor, of its shape, overwritten)
+/// and may keep scratch data in a [`Objective::Workspace`]: the meta-learner
+/// keeps one workspace and one set of buffers per task of a meta-batch and
+/// reuses them across meta-iterations, so the inner loop allocates nothing
+/// once they are sized. `loss_grad` and `hessian_vector` are allocating
+/// conveniences on top.
+///
 /// `Sync` so that the tasks of a meta-batch can run on several threads.
 pub trait Objective<A: Element>: Sync {
     /// One task's data (a support or a query set).
     type Batch: Sync;
-    /// Loss on `batch` and its gradient, one array per parameter tensor.
-    fn loss_grad(&self, params: &[ArrayD<A>], batch: &Self::Batch) -> (A, Vec<ArrayD<A>>);
-    /// Hessian of the loss on `batch` at `params`, times `v` (needed for second order).
+    /// Scratch buffers one evaluation reuses (`()` if none).
+    type Workspace: Send + 'static;
+    /// A fresh workspace.
+    fn workspace(&self) -> Self::Workspace;
+    /// Loss on `batch` at `params`; its gradient into `grad`.
+    fn loss_grad_into(
+        &self,
+        params: &[ArrayD<A>],
+        batch: &Self::Batch,
+        ws: &mut Self::Workspace,
+        grad: &mut [ArrayD<A>],
+    ) -> A;
+    /// Hessian of the loss on `batch` at `params`, times `v`, into `hv`
+    /// (needed for second order).
+    fn hessian_vector_into(
+        &self,
+        params: &[ArrayD<A>],
+        batch: &Self::Batch,
+        v: &[ArrayD<A>],
+        ws: &mut Self::Workspace,
+        hv: &mut [ArrayD<A>],
+    );
+    /// Loss on `batch` and its gradient, in new arrays.
+    fn loss_grad(&self, params: &[ArrayD<A>], batch: &Self::Batch) -> (A, Vec<ArrayD<A>>) {
+        let mut grad: Vec<ArrayD<A>> = params.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
+        let loss = self.loss_grad_into(params, batch, &mut self.workspace(), &mut grad);
+        (loss, grad)
+    }
+    /// Hessian times `v`, in new arrays.
     fn hessian_vector(
         &self,
         params: &[ArrayD<A>],
         batch: &Self::Batch,
         v: &[ArrayD<A>],
-    ) -> Vec<ArrayD<A>>;
+    ) -> Vec<ArrayD<A>> {
+        let mut hv: Vec<ArrayD<A>> = params.iter().map(|p| ArrayD::zeros(p.raw_dim())).collect();
+        self.hessian_vector_into(params, batch, v, &mut self.workspace(), &mut hv);
+        hv
+    }
 }
 
 /// One task: the examples to adapt on and the examples to score the adaptation.

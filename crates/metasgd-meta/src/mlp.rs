@@ -3,7 +3,8 @@
 //! R-operator (forward mode over the backward pass).
 
 use metasgd_kernels::Element;
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, IxDyn};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix1, Ix2, IxDyn, Zip, s};
 use rand::{Rng, SeedableRng};
 
 use crate::{Objective, Regression};
@@ -19,14 +20,6 @@ pub struct Mlp {
     sizes: Vec<usize>,
 }
 
-/// What the forward pass keeps for the backward pass.
-struct Tape<A> {
-    /// `a_0 = x`, then every hidden activation.
-    inputs: Vec<Array2<A>>,
-    /// Pre-activations of every layer; the last is the output.
-    pre: Vec<Array2<A>>,
-}
-
 fn w<A: Element>(p: &ArrayD<A>) -> ArrayView2<'_, A> {
     p.view()
         .into_dimensionality::<Ix2>()
@@ -37,19 +30,6 @@ fn b<A: Element>(p: &ArrayD<A>) -> ArrayView1<'_, A> {
     p.view()
         .into_dimensionality::<Ix1>()
         .expect("a bias vector (outputs,)")
-}
-
-fn relu<A: Element>(z: &Array2<A>) -> Array2<A> {
-    z.mapv(|v| if v > A::ZERO { v } else { A::ZERO })
-}
-
-/// Zeroes `d` where the unit was off (`z <= 0`): the ReLU's derivative.
-fn mask<A: Element>(d: &mut Array2<A>, z: &Array2<A>) {
-    d.zip_mut_with(z, |d, &z| {
-        if z <= A::ZERO {
-            *d = A::ZERO;
-        }
-    });
 }
 
 impl Mlp {
@@ -106,8 +86,11 @@ impl Mlp {
     /// # Panics
     /// If `params` does not fit the network's sizes.
     pub fn predict<A: Element>(&self, params: &[ArrayD<A>], x: &Array2<A>) -> Array2<A> {
-        let mut tape = self.forward(params, x);
-        tape.pre.pop().expect("at least one layer")
+        let mut ws = MlpWorkspace::default();
+        self.forward_into(params, x, &mut ws);
+        ws.pre[self.layers() - 1]
+            .slice(s![..x.nrows(), ..])
+            .to_owned()
     }
 
     fn check<A: Element>(&self, params: &[ArrayD<A>]) {
@@ -132,105 +115,276 @@ impl Mlp {
             );
         }
     }
+}
 
-    fn forward<A: Element>(&self, params: &[ArrayD<A>], x: &Array2<A>) -> Tape<A> {
-        self.check(params);
-        let mut inputs = vec![x.to_owned()];
-        let mut pre = Vec::with_capacity(self.layers());
-        for l in 0..self.layers() {
-            let z = inputs[l].dot(&w(&params[2 * l])) + b(&params[2 * l + 1]);
-            if l + 1 < self.layers() {
-                inputs.push(relu(&z));
-            }
-            pre.push(z);
+/// Buffers an [`Mlp`] reuses across evaluations (one per task of a
+/// meta-batch, kept by the meta-learner): every layer's activations,
+/// pre-activations and deltas and their R-pass versions, sized for the
+/// largest batch seen so far.
+#[derive(Clone, Debug)]
+pub struct MlpWorkspace<A> {
+    /// `a_l` for the hidden layers (`a_0` is the batch itself).
+    acts: Vec<Array2<A>>,
+    /// `z_l`.
+    pre: Vec<Array2<A>>,
+    /// `dL/dz_l`.
+    delta: Vec<Array2<A>>,
+    /// `R(a_l)`, `R(z_l)`, `R(dL/dz_l)`.
+    r_acts: Vec<Array2<A>>,
+    r_pre: Vec<Array2<A>>,
+    r_delta: Vec<Array2<A>>,
+}
+
+impl<A> Default for MlpWorkspace<A> {
+    fn default() -> Self {
+        Self {
+            acts: Vec::new(),
+            pre: Vec::new(),
+            delta: Vec::new(),
+            r_acts: Vec::new(),
+            r_pre: Vec::new(),
+            r_delta: Vec::new(),
         }
-        Tape { inputs, pre }
+    }
+}
+
+/// An empty buffer (sized by [`rows`] on first use).
+fn empty<A: Element>() -> Array2<A> {
+    Array2::zeros((0, 0))
+}
+
+/// The first `n` rows of `buf`, which is made `(n, width)` (zeros) when it
+/// is too small or of another width. Rows of a row-major array are one
+/// contiguous block, so the view is row-major too.
+fn rows<A: Element>(buf: &mut Array2<A>, n: usize, width: usize) -> ArrayViewMut2<'_, A> {
+    if buf.nrows() < n || buf.ncols() != width {
+        *buf = Array2::zeros((n, width));
+    }
+    buf.slice_mut(s![..n, ..])
+}
+
+/// `g` (a row-major `(n, m)` tensor) as a matrix view.
+fn as_matrix<A: Element>(g: &mut ArrayD<A>) -> ArrayViewMut2<'_, A> {
+    g.view_mut()
+        .into_dimensionality::<Ix2>()
+        .expect("a weight-shaped tensor")
+}
+
+/// `out[j] = sum over rows of d[.., j]`, rows added in order.
+fn column_sums<A: Element>(d: &ArrayView2<'_, A>, out: &mut ArrayD<A>) {
+    out.fill(A::ZERO);
+    let out = out.as_slice_mut().expect("a row-major bias-shaped tensor");
+    for row in d.rows() {
+        for (o, &x) in out.iter_mut().zip(row.iter()) {
+            *o = *o + x;
+        }
+    }
+}
+
+/// `d` where `z > 0`, else 0 (the ReLU's derivative).
+fn mask_view<A: Element>(d: &mut ArrayViewMut2<'_, A>, z: &ArrayView2<'_, A>) {
+    Zip::from(d).and(z).for_each(|d, &z| {
+        if z <= A::ZERO {
+            *d = A::ZERO;
+        }
+    });
+}
+
+impl Mlp {
+    /// The forward pass into `ws`: `pre[l]` and `acts[l]` hold the first
+    /// `n` rows of every layer.
+    fn forward_into<A: Element>(
+        &self,
+        params: &[ArrayD<A>],
+        x: &Array2<A>,
+        ws: &mut MlpWorkspace<A>,
+    ) {
+        self.check(params);
+        let (n, layers) = (x.nrows(), self.layers());
+        ws.pre.resize_with(layers, empty);
+        ws.acts.resize_with(layers.saturating_sub(1), empty);
+        for l in 0..layers {
+            let width = self.sizes[l + 1];
+            let hidden = ws.acts.len();
+            let (before, after) = ws.acts.split_at_mut(l.min(hidden));
+            let input = if l == 0 {
+                x.view()
+            } else {
+                before[l - 1].slice(s![..n, ..])
+            };
+            let mut z = rows(&mut ws.pre[l], n, width);
+            general_mat_mul(A::one(), &input, &w(&params[2 * l]), A::ZERO, &mut z);
+            z.zip_mut_with(&b(&params[2 * l + 1]), |z, &c| *z = *z + c);
+            if l + 1 < layers {
+                let mut a = rows(&mut after[0], n, width);
+                Zip::from(&mut a)
+                    .and(&z)
+                    .for_each(|a, &z| *a = if z > A::ZERO { z } else { A::ZERO });
+            }
+        }
     }
 
-    /// `2 / N`: the mean squared error's derivative is `(out - y)` times it.
-    fn delta_scale<A: Element>(out: &Array2<A>) -> A {
-        A::from(2.0).unwrap_or(A::ZERO) / A::from(out.len().max(1)).unwrap_or(A::one())
-    }
-
-    /// `2 (out - y) / N`, the loss's derivative with respect to the output.
-    fn output_delta<A: Element>(out: &Array2<A>, y: &Array2<A>) -> Array2<A> {
-        let scale = Self::delta_scale(out);
-        let mut d = out - y;
-        d.mapv_inplace(|e| e * scale);
-        d
+    /// `2 (out - y) / N` into `delta`, and the loss `sum (out - y)^2 / N`.
+    fn output_delta_into<A: Element>(
+        out: &ArrayView2<'_, A>,
+        y: &Array2<A>,
+        delta: &mut ArrayViewMut2<'_, A>,
+    ) -> A {
+        let n = A::from(out.len().max(1)).unwrap_or(A::one());
+        let scale = A::from(2.0).unwrap_or(A::ZERO) / n;
+        let mut loss = A::ZERO;
+        Zip::from(delta).and(out).and(y).for_each(|d, &o, &t| {
+            let e = o - t;
+            loss = loss + e * e;
+            *d = e * scale;
+        });
+        loss / n
     }
 }
 
 impl<A: Element> Objective<A> for Mlp {
     type Batch = Regression<A>;
+    type Workspace = MlpWorkspace<A>;
 
-    fn loss_grad(&self, params: &[ArrayD<A>], batch: &Regression<A>) -> (A, Vec<ArrayD<A>>) {
-        let tape = self.forward(params, &batch.x);
-        let out = tape.pre.last().expect("at least one layer");
-        let n = A::from(out.len().max(1)).unwrap_or(A::one());
-        let loss = (out - &batch.y).mapv(|e| e * e).sum() / n;
-        let mut delta = Self::output_delta(out, &batch.y);
-        let mut grads = vec![ArrayD::zeros(IxDyn(&[])); params.len()];
-        for l in (0..self.layers()).rev() {
-            grads[2 * l] = tape.inputs[l].t().dot(&delta).into_dyn();
-            grads[2 * l + 1] = delta.sum_axis(Axis(0)).into_dyn();
-            if l > 0 {
-                let mut next = delta.dot(&w(&params[2 * l]).t());
-                mask(&mut next, &tape.pre[l - 1]);
-                delta = next;
-            }
-        }
-        (loss, grads)
+    fn workspace(&self) -> MlpWorkspace<A> {
+        MlpWorkspace::default()
     }
 
-    fn hessian_vector(
+    fn loss_grad_into(
+        &self,
+        params: &[ArrayD<A>],
+        batch: &Regression<A>,
+        ws: &mut MlpWorkspace<A>,
+        grad: &mut [ArrayD<A>],
+    ) -> A {
+        self.forward_into(params, &batch.x, ws);
+        let (n, layers) = (batch.x.nrows(), self.layers());
+        ws.delta.resize_with(layers, empty);
+        let last = layers - 1;
+        let loss = {
+            let out = ws.pre[last].slice(s![..n, ..]);
+            let mut d = rows(&mut ws.delta[last], n, self.sizes[layers]);
+            Self::output_delta_into(&out, &batch.y, &mut d)
+        };
+        for l in (0..layers).rev() {
+            let (lower, upper) = ws.delta.split_at_mut(l);
+            let d = upper[0].slice(s![..n, ..]);
+            let a = if l == 0 {
+                batch.x.view()
+            } else {
+                ws.acts[l - 1].slice(s![..n, ..])
+            };
+            general_mat_mul(
+                A::one(),
+                &a.t(),
+                &d,
+                A::ZERO,
+                &mut as_matrix(&mut grad[2 * l]),
+            );
+            column_sums(&d, &mut grad[2 * l + 1]);
+            if l > 0 {
+                let mut next = rows(&mut lower[l - 1], n, self.sizes[l]);
+                general_mat_mul(A::one(), &d, &w(&params[2 * l]).t(), A::ZERO, &mut next);
+                mask_view(&mut next, &ws.pre[l - 1].slice(s![..n, ..]));
+            }
+        }
+        loss
+    }
+
+    fn hessian_vector_into(
         &self,
         params: &[ArrayD<A>],
         batch: &Regression<A>,
         v: &[ArrayD<A>],
-    ) -> Vec<ArrayD<A>> {
+        ws: &mut MlpWorkspace<A>,
+        hv: &mut [ArrayD<A>],
+    ) {
         self.check(v);
-        let tape = self.forward(params, &batch.x);
-        let layers = self.layers();
-        // Forward R-pass: R(a_0) = 0; R(z_l) = R(a_l) W_l + a_l V_l + c_l;
+        self.forward_into(params, &batch.x, ws);
+        let (n, layers) = (batch.x.nrows(), self.layers());
+        let MlpWorkspace {
+            acts,
+            pre,
+            delta,
+            r_acts,
+            r_pre,
+            r_delta,
+        } = ws;
+        for bufs in [&mut *delta, &mut *r_pre, &mut *r_delta] {
+            bufs.resize_with(layers, empty);
+        }
+        r_acts.resize_with(layers.saturating_sub(1), empty);
+        let input = |l: usize| {
+            if l == 0 {
+                batch.x.view()
+            } else {
+                acts[l - 1].slice(s![..n, ..])
+            }
+        };
+        // Forward R-pass: R(a_0) = 0; R(z_l) = a_l V_l + c_l + R(a_l) W_l;
         // R(a_{l+1}) = R(z_l) masked (the ReLU is piecewise linear).
-        let mut r_inputs: Vec<Array2<A>> = vec![Array2::zeros(batch.x.raw_dim())];
-        let mut r_pre: Vec<Array2<A>> = Vec::with_capacity(layers);
         for l in 0..layers {
-            let mut rz = tape.inputs[l].dot(&w(&v[2 * l])) + b(&v[2 * l + 1]);
+            let width = self.sizes[l + 1];
+            let mut rz = rows(&mut r_pre[l], n, width);
+            general_mat_mul(A::one(), &input(l), &w(&v[2 * l]), A::ZERO, &mut rz);
+            rz.zip_mut_with(&b(&v[2 * l + 1]), |z, &c| *z = *z + c);
             if l > 0 {
-                rz = rz + r_inputs[l].dot(&w(&params[2 * l]));
+                general_mat_mul(
+                    A::one(),
+                    &r_acts[l - 1].slice(s![..n, ..]),
+                    &w(&params[2 * l]),
+                    A::one(),
+                    &mut rz,
+                );
             }
             if l + 1 < layers {
-                let mut ra = rz.clone();
-                mask(&mut ra, &tape.pre[l]);
-                r_inputs.push(ra);
+                let mut ra = rows(&mut r_acts[l], n, width);
+                ra.assign(&rz);
+                mask_view(&mut ra, &pre[l].slice(s![..n, ..]));
             }
-            r_pre.push(rz);
         }
         // Backward pass and its R-pass together.
-        let out = tape.pre.last().expect("at least one layer");
-        let mut delta = Self::output_delta(out, &batch.y);
-        let scale = Self::delta_scale(out);
-        let mut r_delta = r_pre[layers - 1].mapv(|e| e * scale);
-        let mut hv = vec![ArrayD::zeros(IxDyn(&[])); params.len()];
+        let last = layers - 1;
+        let out_width = self.sizes[layers];
+        {
+            let out = pre[last].slice(s![..n, ..]);
+            let mut d = rows(&mut delta[last], n, out_width);
+            Self::output_delta_into(&out, &batch.y, &mut d);
+            let scale =
+                A::from(2.0).unwrap_or(A::ZERO) / A::from(out.len().max(1)).unwrap_or(A::one());
+            let mut rd = rows(&mut r_delta[last], n, out_width);
+            Zip::from(&mut rd)
+                .and(&r_pre[last].slice(s![..n, ..]))
+                .for_each(|rd, &rz| *rd = rz * scale);
+        }
         for l in (0..layers).rev() {
-            let mut r_gw = tape.inputs[l].t().dot(&r_delta);
+            let (d_lo, d_hi) = delta.split_at_mut(l);
+            let (rd_lo, rd_hi) = r_delta.split_at_mut(l);
+            let d = d_hi[0].slice(s![..n, ..]);
+            let rd = rd_hi[0].slice(s![..n, ..]);
+            let mut hw = as_matrix(&mut hv[2 * l]);
+            general_mat_mul(A::one(), &input(l).t(), &rd, A::ZERO, &mut hw);
             if l > 0 {
-                r_gw = r_gw + r_inputs[l].t().dot(&delta);
+                general_mat_mul(
+                    A::one(),
+                    &r_acts[l - 1].slice(s![..n, ..]).t(),
+                    &d,
+                    A::one(),
+                    &mut hw,
+                );
             }
-            hv[2 * l] = r_gw.into_dyn();
-            hv[2 * l + 1] = r_delta.sum_axis(Axis(0)).into_dyn();
+            column_sums(&rd, &mut hv[2 * l + 1]);
             if l > 0 {
                 let wt = w(&params[2 * l]);
-                let mut next = delta.dot(&wt.t());
-                let mut r_next = r_delta.dot(&wt.t()) + delta.dot(&w(&v[2 * l]).t());
-                mask(&mut next, &tape.pre[l - 1]);
-                mask(&mut r_next, &tape.pre[l - 1]);
-                delta = next;
-                r_delta = r_next;
+                let z = pre[l - 1].slice(s![..n, ..]);
+                let mut next = rows(&mut d_lo[l - 1], n, self.sizes[l]);
+                general_mat_mul(A::one(), &d, &wt.t(), A::ZERO, &mut next);
+                mask_view(&mut next, &z);
+                let mut r_next = rows(&mut rd_lo[l - 1], n, self.sizes[l]);
+                general_mat_mul(A::one(), &rd, &wt.t(), A::ZERO, &mut r_next);
+                general_mat_mul(A::one(), &d, &w(&v[2 * l]).t(), A::one(), &mut r_next);
+                mask_view(&mut r_next, &z);
             }
         }
-        hv
     }
 }

@@ -127,22 +127,37 @@ fn unflatten(v: &Array1<f64>, like: &[ArrayD<f64>]) -> P {
 
 impl Objective<f64> for Quartic {
     type Batch = QBatch;
-    fn loss_grad(&self, params: &[ArrayD<f64>], q: &QBatch) -> (f64, Vec<ArrayD<f64>>) {
+    type Workspace = ();
+    fn workspace(&self) {}
+    fn loss_grad_into(
+        &self,
+        params: &[ArrayD<f64>],
+        q: &QBatch,
+        (): &mut (),
+        grad: &mut [ArrayD<f64>],
+    ) -> f64 {
         let x = flatten(params);
         let ax = q.a.dot(&x);
         let loss = 0.5 * x.dot(&ax) - q.b.dot(&x) + q.c * x.mapv(|v| v.powi(4)).sum();
         let g = &ax - &q.b + x.mapv(|v| 4.0 * q.c * v.powi(3));
-        (loss, unflatten(&g, params))
+        for (out, g) in grad.iter_mut().zip(unflatten(&g, params)) {
+            out.assign(&g);
+        }
+        loss
     }
-    fn hessian_vector(
+    fn hessian_vector_into(
         &self,
         params: &[ArrayD<f64>],
         q: &QBatch,
         v: &[ArrayD<f64>],
-    ) -> Vec<ArrayD<f64>> {
+        (): &mut (),
+        out: &mut [ArrayD<f64>],
+    ) {
         let (x, v) = (flatten(params), flatten(v));
         let hv = q.a.dot(&v) + &(x.mapv(|t| 12.0 * q.c * t * t) * &v);
-        unflatten(&hv, params)
+        for (o, h) in out.iter_mut().zip(unflatten(&hv, params)) {
+            o.assign(&h);
+        }
     }
 }
 
@@ -332,4 +347,57 @@ fn errors_change_nothing() {
             .with_alphas(vec![ArrayD::zeros(IxDyn(&[3]))])
             .is_err()
     );
+}
+
+/// An objective that replaces a gradient buffer with one of another shape.
+struct WrongShape;
+
+impl Objective<f64> for WrongShape {
+    type Batch = ();
+    type Workspace = ();
+    fn workspace(&self) {}
+    fn loss_grad_into(
+        &self,
+        _: &[ArrayD<f64>],
+        (): &(),
+        (): &mut (),
+        grad: &mut [ArrayD<f64>],
+    ) -> f64 {
+        grad[0] = ArrayD::zeros(IxDyn(&[7]));
+        0.0
+    }
+    fn hessian_vector_into(
+        &self,
+        _: &[ArrayD<f64>],
+        (): &(),
+        _: &[ArrayD<f64>],
+        (): &mut (),
+        _: &mut [ArrayD<f64>],
+    ) {
+    }
+}
+
+#[test]
+fn an_objective_that_breaks_its_buffers_is_an_error() {
+    let init = vec![ArrayD::zeros(IxDyn(&[2, 3]))];
+    let mut learner = MetaLearner::meta_sgd(init, 0.01);
+    let tasks = vec![Task {
+        support: (),
+        query: (),
+    }];
+    assert!(matches!(
+        learner.meta_step(&WrongShape, &tasks),
+        Err(metasgd_core::Error::ShapeMismatch { slot: 0, .. })
+    ));
+    assert_eq!(learner.meta_steps(), 0);
+    // The learner's buffers survive an error: the next call rebuilds them.
+    let net = Mlp::new(&[1, 4, 1]);
+    let l = MetaLearner::meta_sgd(net.init::<f64>(0), 0.01);
+    let mut rng = StdRng::seed_from_u64(9);
+    let t: Vec<_> = (0..3)
+        .map(|_| Sinusoid::default().sample::<f64, _>(&mut rng, 5, 5))
+        .collect();
+    let first = l.meta_gradient(&net, &t).unwrap();
+    let again = l.meta_gradient(&net, &t).unwrap();
+    assert_eq!(first, again, "reused buffers give the same meta-gradient");
 }

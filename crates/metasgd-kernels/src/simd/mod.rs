@@ -36,6 +36,7 @@ use sweep::Lanewise;
 pub(crate) trait WithPacks<A: Element> {
     /// The operation on packs of `P` (the tail of a slice that does not
     /// fill a pack runs the scalar form, inside).
+    #[cfg_attr(not(feature = "simd"), allow(dead_code))]
     fn packs<P: Pack<A>>(self, tok: P::Token);
     /// The operation on scalars, for builds without the `simd` feature.
     fn scalars(self);
@@ -46,6 +47,7 @@ pub(crate) trait WithPacks<A: Element> {
 struct Sweep<'a, A, O> {
     u: Update<'a, A>,
     op: O,
+    #[cfg_attr(not(feature = "simd"), allow(dead_code))]
     streaming: bool,
 }
 

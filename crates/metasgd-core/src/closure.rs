@@ -24,8 +24,8 @@ impl<A: Element> MetaSGD<A> {
     ///
     /// Unlike the reference, nothing changes unless the whole step succeeds:
     /// a failing `grad_fn`, a gradient of the wrong shape, a non-finite
-    /// gradient under [`NonFinitePolicy::Error`] (or a skip under
-    /// [`NonFinitePolicy::Skip`], which only counts it) leave every alpha and
+    /// gradient under [`crate::NonFinitePolicy::Error`] (or a skip under
+    /// [`crate::NonFinitePolicy::Skip`], which only counts it) leave every alpha and
     /// counter as they were.
     ///
     /// ```

@@ -181,7 +181,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         self.inner.get_step_count()
     }
 
-    /// Steps skipped under [`NonFinitePolicy::Skip`] (the same on every rank).
+    /// Steps skipped under [`metasgd_core::NonFinitePolicy::Skip`] (the same on every rank).
     pub fn skipped_steps(&self) -> usize {
         self.inner.skipped_steps()
     }

@@ -126,20 +126,7 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
             .args(dir_args(&dir))
             .args(["--steps", &first.to_string()]);
         run_quiet(save)?;
-        let mut resume = mpirun(to);
-        resume
-            .arg(&bin)
-            .arg("reshard-resume")
-            .args(dir_args(&dir))
-            .args([
-                "--from",
-                &from.to_string(),
-                "--steps",
-                &first.to_string(),
-                "--total",
-                &total.to_string(),
-            ]);
-        lines.extend(run(resume, "reshard ")?);
+        lines.extend(run(resume(&bin, &dir, from, to, first, total), "reshard ")?);
     }
     // A rank killed mid-save: the job dies, the previous generation resumes.
     for (from, to, kill) in [(2, 3, 1), (3, 2, 0)] {
@@ -176,20 +163,8 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
             out.status,
             left.join(" ")
         );
-        let mut resume = mpirun(to);
-        resume
-            .arg(&bin)
-            .arg("reshard-resume")
-            .args(dir_args(&dir))
-            .args([
-                "--from",
-                &from.to_string(),
-                "--steps",
-                &first.to_string(),
-                "--total",
-                &(first + more + 1).to_string(),
-            ]);
-        lines.extend(run(resume, "reshard ")?);
+        let total = first + more + 1;
+        lines.extend(run(resume(&bin, &dir, from, to, first, total), "reshard ")?);
     }
     // The README's training example: 2 ranks, then resumed on 3.
     let example = target
@@ -229,6 +204,24 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
     } else {
         Err(format!("mismatches: {bad:?}"))
     }
+}
+
+/// `mpi-check reshard-resume` on `to` ranks: loads what `from` ranks saved
+/// after `first` steps, runs to `total`, compares with one process.
+fn resume(bin: &Path, dir: &Path, from: usize, to: usize, first: usize, total: usize) -> Command {
+    let mut cmd = mpirun(to);
+    cmd.arg(bin)
+        .arg("reshard-resume")
+        .args(dir_args(dir))
+        .args([
+            "--from",
+            &from.to_string(),
+            "--steps",
+            &first.to_string(),
+            "--total",
+            &total.to_string(),
+        ]);
+    cmd
 }
 
 fn dir_args(dir: &Path) -> [String; 2] {

@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use metasgd_core::checkpoint::{NamedTensors, Reader, Writer, check_name, write_atomically};
+use metasgd_core::checkpoint::{NamedTensors, Reader, Writer, write_atomically};
 use metasgd_core::{Error, MAX_INNER_STEPS, Result};
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD};
@@ -135,15 +135,7 @@ impl<A: Element> MetaLearner<A> {
                 w.floats(&format!("{group}.{j}"), a.view())?;
             }
         }
-        let mut names = Vec::with_capacity(tensors.len());
-        for (name, t) in tensors {
-            check_name("tensor", name)?;
-            w.floats(&format!("{TENSOR_PREFIX}{name}"), t.view())?;
-            names.push(*name);
-        }
-        let names = serde_json::to_string(&names)
-            .map_err(|e| Error::invalid_checkpoint("tensors", e.to_string()))?;
-        w.metadata("tensors", names)?;
+        w.caller_tensors(tensors)?;
         w.to_bytes()
     }
 
@@ -162,7 +154,7 @@ impl<A: Element> MetaLearner<A> {
     /// checksums first, then every field, before anything is built.
     pub fn from_state_bytes_with(bytes: &[u8]) -> Result<(Self, NamedTensors<A>)> {
         let r = Reader::open(bytes, FORMAT, false)?;
-        r.only_metadata(&["dtype", "method", "order", "outer", "params", "tensors"])?;
+        r.only_metadata(&["dtype", "method", "order", "outer", "params"])?;
         let dtype = r.metadata("dtype")?;
         if dtype != A::NAME {
             return Err(Error::invalid_checkpoint(
@@ -214,8 +206,6 @@ impl<A: Element> MetaLearner<A> {
                     format!("{params_text:?} is not a count of the file's tensors"),
                 )
             })?;
-        let caller: Vec<String> = serde_json::from_str(r.metadata("tensors")?)
-            .map_err(|e| Error::invalid_checkpoint("__metadata__.tensors", e.to_string()))?;
         // theta, alpha, then the moments the optimizer keeps.
         let present: Vec<bool> = GROUPS
             .iter()
@@ -233,15 +223,7 @@ impl<A: Element> MetaLearner<A> {
         for (group, _) in GROUPS.iter().zip(&present).filter(|(_, p)| **p) {
             expected.extend((0..params).map(|j| format!("{group}.{j}")));
         }
-        for name in &caller {
-            check_name("__metadata__.tensors", name)?;
-            if !expected.insert(format!("{TENSOR_PREFIX}{name}")) {
-                return Err(Error::invalid_checkpoint(
-                    "__metadata__.tensors",
-                    format!("{name:?} is listed twice"),
-                ));
-            }
-        }
+        let caller = r.caller_names(&mut expected)?;
         r.only_tensors(&expected)?;
         let inner_steps = r.count("inner_steps")?;
         if !(1..=MAX_INNER_STEPS as u64).contains(&inner_steps) {
@@ -307,13 +289,7 @@ impl<A: Element> MetaLearner<A> {
             step,
             buffers: Default::default(),
         };
-        let tensors = caller
-            .into_iter()
-            .map(|name| {
-                let t = r.floats(&format!("{TENSOR_PREFIX}{name}"))?;
-                Ok((name, t))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let tensors = r.caller_tensors(caller)?;
         Ok((learner, tensors))
     }
 }

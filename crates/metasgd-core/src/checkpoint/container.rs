@@ -36,9 +36,18 @@ pub const MAX_NAME_LEN: usize = 256;
 /// safetensors' own bound on the header.
 const MAX_HEADER: u64 = 100_000_000;
 
-/// Keys the container owns; formats may not use them.
-pub(crate) const CONTAINER_KEYS: [&str; 4] =
-    ["format", "format_version", "tensor_crc32c", "header_crc32c"];
+/// Keys the container owns; formats may not use them. `tensors` lists the
+/// caller's tensors ([`Writer::caller_tensors`]).
+pub(crate) const CONTAINER_KEYS: [&str; 5] = [
+    "format",
+    "format_version",
+    "tensor_crc32c",
+    "header_crc32c",
+    "tensors",
+];
+
+/// Prefix of the caller's tensors.
+const CALLER_PREFIX: &str = "tensor.";
 
 const HEADER_KEY: &[u8] = b"\"header_crc32c\":\"";
 const PLACEHOLDER: &[u8; 8] = b"00000000";
@@ -159,6 +168,26 @@ impl Writer {
     /// Adds a 0-d `U64` tensor.
     pub fn count(&mut self, name: &str, v: u64) -> Result<()> {
         self.push(name, Dtype::U64, &[], v.to_le_bytes().to_vec())
+    }
+
+    /// Adds the caller's tensors (a model's parameters, an experiment's own
+    /// state) as `tensor.{name}`, and their names in order as the
+    /// `__metadata__` key `tensors` (a JSON list, written even when empty).
+    /// Names are checked with [`check_name`] and must differ.
+    pub fn caller_tensors<A: Element>(
+        &mut self,
+        tensors: &[(&str, ArrayViewD<'_, A>)],
+    ) -> Result<()> {
+        let mut names = Vec::with_capacity(tensors.len());
+        for (name, t) in tensors {
+            check_name("tensor", name)?;
+            self.floats(&format!("{CALLER_PREFIX}{name}"), t.view())?;
+            names.push(*name);
+        }
+        let names = serde_json::to_string(&names)
+            .map_err(|e| Error::invalid_checkpoint("tensors", e.to_string()))?;
+        self.metadata.insert("tensors".into(), names);
+        Ok(())
     }
 
     /// The file's bytes, checksums included.
@@ -427,6 +456,58 @@ impl<'a> Reader<'a> {
             return Err(Error::invalid_checkpoint(*extra, "unexpected tensor"));
         }
         Ok(())
+    }
+
+    /// The names of the caller's tensors ([`Writer::caller_tensors`]), in
+    /// order, each added to `expected` as the tensor it names (a version 1
+    /// file has none). Refuses a list longer than the file, a bad or
+    /// repeated name.
+    pub fn caller_names(&self, expected: &mut BTreeSet<String>) -> Result<Vec<String>> {
+        let Some(text) = self.metadata.get("tensors") else {
+            return if self.version >= 2 {
+                Err(Error::invalid_checkpoint("__metadata__.tensors", "missing"))
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        if self.version < 2 {
+            return Err(Error::invalid_checkpoint(
+                "__metadata__.tensors",
+                "version 1 files have no caller tensors",
+            ));
+        }
+        let names: Vec<String> = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_checkpoint("__metadata__.tensors", e.to_string()))?;
+        if names.len() > self.len() {
+            return Err(Error::invalid_checkpoint(
+                "__metadata__.tensors",
+                "lists more names than the file has tensors",
+            ));
+        }
+        for name in &names {
+            check_name("__metadata__.tensors", name)?;
+            if !expected.insert(format!("{CALLER_PREFIX}{name}")) {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.tensors",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(names)
+    }
+
+    /// The caller's tensors named by [`Reader::caller_names`], in order.
+    pub fn caller_tensors<A: Element>(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<(String, ArrayD<A>)>> {
+        names
+            .into_iter()
+            .map(|name| {
+                let t = self.floats(&format!("{CALLER_PREFIX}{name}"))?;
+                Ok((name, t))
+            })
+            .collect()
     }
 
     /// Whether the file has a tensor of this name.

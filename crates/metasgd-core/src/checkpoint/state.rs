@@ -21,7 +21,7 @@ use std::path::Path;
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{Reader, Writer, at_path, check_name, write_atomically};
+use super::{Reader, Writer, at_path, write_atomically};
 use crate::schema::{FIELDS, Kind, Settings, Value, valid_rate};
 use crate::{Error, MetaSGD, Result};
 
@@ -32,7 +32,7 @@ const FORMAT: &str = "metasgd";
 pub type NamedTensors<A> = Vec<(String, ArrayD<A>)>;
 
 /// The format's own `__metadata__` keys besides the schema's choices.
-const OWN_KEYS: [&str; 3] = ["dtype", "slots", "tensors"];
+const OWN_KEYS: [&str; 2] = ["dtype", "slots"];
 
 /// Prefix of the caller's tensors.
 const TENSOR_PREFIX: &str = "tensor.";
@@ -200,15 +200,7 @@ impl<A: Element> MetaSGD<A> {
         for (j, alpha) in self.slots.iter().enumerate() {
             w.floats(&format!("alpha.{j}"), alpha.view())?;
         }
-        let mut names = Vec::with_capacity(tensors.len());
-        for (name, t) in tensors {
-            check_name("tensor", name)?;
-            w.floats(&format!("{TENSOR_PREFIX}{name}"), t.view())?;
-            names.push(*name);
-        }
-        let names = serde_json::to_string(&names)
-            .map_err(|e| Error::invalid_checkpoint("tensors", e.to_string()))?;
-        w.metadata("tensors", names)?;
+        w.caller_tensors(tensors)?;
         w.to_bytes()
     }
 
@@ -227,16 +219,13 @@ impl<A: Element> MetaSGD<A> {
                 ),
             ));
         }
-        let mut allowed: Vec<&str> = FIELDS
+        let allowed: Vec<&str> = FIELDS
             .iter()
             .filter(|f| matches!(f.kind, Kind::Choice(_)))
             .map(|f| f.name)
-            .chain(["dtype", "slots"])
+            .chain(OWN_KEYS)
             .chain(extra_keys.iter().copied())
             .collect();
-        if r.version() >= 2 {
-            allowed.push("tensors");
-        }
         r.only_metadata(&allowed)?;
         let slots_text = r.metadata("slots")?;
         let slots: usize = slots_text
@@ -249,18 +238,6 @@ impl<A: Element> MetaSGD<A> {
                     format!("{slots_text:?} is not a count of the file's tensors"),
                 )
             })?;
-        let caller: Vec<String> = if r.version() >= 2 {
-            serde_json::from_str(r.metadata("tensors")?)
-                .map_err(|e| Error::invalid_checkpoint("__metadata__.tensors", e.to_string()))?
-        } else {
-            Vec::new()
-        };
-        if caller.len() > r.len() {
-            return Err(Error::invalid_checkpoint(
-                "__metadata__.tensors",
-                "lists more names than the file has tensors",
-            ));
-        }
         let mut expected: BTreeSet<String> = BTreeSet::new();
         for f in FIELDS {
             let stored = match f.kind {
@@ -273,15 +250,7 @@ impl<A: Element> MetaSGD<A> {
             }
         }
         expected.extend((0..slots).map(|j| format!("alpha.{j}")));
-        for name in &caller {
-            check_name("__metadata__.tensors", name)?;
-            if !expected.insert(format!("{TENSOR_PREFIX}{name}")) {
-                return Err(Error::invalid_checkpoint(
-                    "__metadata__.tensors",
-                    format!("{name:?} is listed twice"),
-                ));
-            }
-        }
+        let caller = r.caller_names(&mut expected)?;
         r.only_tensors(&expected)?;
 
         let settings = Settings::from_values(|f| {
@@ -305,13 +274,7 @@ impl<A: Element> MetaSGD<A> {
             alphas.push(r.floats(&format!("alpha.{j}"))?);
         }
         check_rates(&alphas)?;
-        let tensors = caller
-            .into_iter()
-            .map(|name| {
-                let t = r.floats(&format!("{TENSOR_PREFIX}{name}"))?;
-                Ok((name, t))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let tensors = r.caller_tensors(caller)?;
         let metadata = extra_keys
             .iter()
             .map(|k| Ok((k.to_string(), r.metadata(k)?.to_string())))

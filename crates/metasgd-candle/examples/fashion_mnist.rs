@@ -343,7 +343,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.batch,
         args.epochs
     );
-    // One initialisation for every run.
+    // One initialisation for every run of this process (candle's CPU
+    // generator cannot be seeded, so it changes from process to process).
     let init: Vec<(String, Tensor)> = {
         let map = VarMap::new();
         Cnn::new(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;

@@ -263,11 +263,9 @@ impl<A: Element> MetaSGD<A> {
                 params: vec![total],
             }));
         }
-        if verdict == Verdict::Skip {
-            self.settings.skipped_steps += 1;
+        let Some(kernel) = self.admit(Ok(self.plan(verdict, total)))? else {
             return Ok(());
-        }
-        let kernel = self.settings.backend.kernel(total);
+        };
         let base = self.settings.base_lr;
         if self.slots.is_empty() {
             self.slots.push(ArrayD::from_elem(IxDyn(&[total]), base));
@@ -276,7 +274,7 @@ impl<A: Element> MetaSGD<A> {
         if slot.as_slice().is_none() {
             *slot = slot.as_standard_layout().into_owned();
         }
-        let cfg = Config::new(self.settings.alpha_lr, self.settings.inner_steps);
+        let cfg = self.config();
         self.settings.step_count += 1;
         let mut alpha = self.slots[0]
             .as_slice_mut()
@@ -330,16 +328,13 @@ impl<A: Element> MetaSGD<A> {
     }
 
     /// Everything that can fail, checked before anything changes: the one
-    /// validation of every entry point. `verdict` is the non-finite
-    /// decision when the caller took it already (the sharded step, on the
-    /// averaged gradient of all ranks); `None` applies the policy here.
+    /// validation of the ndarray entry points (the non-finite policy through
+    /// [`NonFinitePolicy::verdict`]).
     ///
     /// `param_shape(j)` and `grad(j)` give array `j` of `n`.
-    #[allow(clippy::too_many_arguments)]
     fn validate<'g, D: Dimension + 'g>(
         &self,
         slots: Slots,
-        verdict: Option<Verdict>,
         n: usize,
         n_grads: usize,
         param_shape: impl Fn(usize) -> &'g [usize],
@@ -379,16 +374,19 @@ impl<A: Element> MetaSGD<A> {
             }
             total += p.iter().product::<usize>();
         }
-        let verdict = match verdict {
-            Some(v) => v,
-            None => self.settings.non_finite.verdict(|| {
-                (0..n).find_map(|j| layout::first_non_finite(&grad(j)).map(|i| (j, i)))
-            })?,
-        };
-        Ok(match verdict {
+        let verdict = self
+            .settings
+            .non_finite
+            .verdict(|| (0..n).find_map(|j| layout::first_non_finite(&grad(j)).map(|i| (j, i))))?;
+        Ok(self.plan(verdict, total))
+    }
+
+    /// What a validated call of `total` elements runs: the kernel, or a skip.
+    fn plan(&self, verdict: Verdict, total: usize) -> Plan {
+        match verdict {
             Verdict::Step => Plan::Run(self.settings.backend.kernel(total)),
             Verdict::Skip => Plan::Skip,
-        })
+        }
     }
 
     /// The kernel to run a validated call on, or `None` for a step skipped
@@ -465,14 +463,7 @@ fn invalid<A: Element>(name: &'static str, value: A, requirement: &'static str) 
 impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// One fused pass from `params` into a new array (same memory order).
     fn step(&mut self, params: &Array<A, D>, gradients: &Array<A, D>) -> Result<Array<A, D>> {
-        let plan = self.validate(
-            Slots::First,
-            None,
-            1,
-            1,
-            |_| params.shape(),
-            |_| gradients.view(),
-        );
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
         let Some(kernel) = self.admit(plan)? else {
             return Ok(params.clone());
         };
@@ -496,7 +487,6 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     ) -> Result<Vec<Array<A, D>>> {
         let plan = self.validate(
             Slots::List,
-            None,
             params_list.len(),
             gradients_list.len(),
             |j| params_list[j].shape(),
@@ -535,14 +525,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         params: ArrayViewMut<'_, A, D>,
         gradients: ArrayView<'_, A, D>,
     ) -> Result<()> {
-        let plan = self.validate(
-            Slots::First,
-            None,
-            1,
-            1,
-            |_| params.shape(),
-            |_| gradients.view(),
-        );
+        let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
         let Some(kernel) = self.admit(plan)? else {
             return Ok(());
         };
@@ -562,7 +545,6 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     ) -> Result<()> {
         let plan = self.validate(
             Slots::List,
-            None,
             params.len(),
             gradients.len(),
             |j| params[j].shape(),

@@ -19,12 +19,12 @@
 //! `step_list_inplace`) and count the elements where the sharded result
 //! differs. Rank 0 prints one line per run.
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
 use metasgd_dist::reference;
+use metasgd_dist::testing::Dying;
 use metasgd_dist::{Collective, MpiCollective, ShardedMetaSGD};
 use metasgd_kernels::Element;
 use mpi::traits::CommunicatorCollectives;
@@ -212,41 +212,11 @@ fn save<C: Collective>(sharded: &ShardedMetaSGD<f32, C>, dir: &Path, params: &[A
         .expect("save");
 }
 
-/// A rank that exits at its n-th collective call from when it is armed, as
-/// a killed process would.
-struct Dying {
-    inner: MpiCollective,
-    countdown: Cell<usize>,
-}
-
-impl Dying {
-    fn tick(&self) {
-        match self.countdown.get() {
-            0 => {}
-            1 => {
-                eprintln!("rank {}: killed mid-save (test)", self.inner.rank());
-                std::process::exit(17);
-            }
-            n => self.countdown.set(n - 1),
-        }
-    }
-}
-
-impl Collective for Dying {
-    fn rank(&self) -> usize {
-        self.inner.rank()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn all_to_all(&self, send: &[u8], recv: &mut [u8]) {
-        self.tick();
-        self.inner.all_to_all(send, recv);
-    }
-    fn all_gather(&self, send: &[u8], recv: &mut [u8]) {
-        self.tick();
-        self.inner.all_gather(send, recv);
-    }
+/// A process's death mid-save: exit without finalising MPI, as a killed
+/// process would (mpirun then ends the job).
+fn exit_rank(rank: usize) -> ! {
+    eprintln!("rank {rank}: killed mid-save (test)");
+    std::process::exit(17)
 }
 
 fn arg(args: &[String], flag: &str) -> Option<String> {
@@ -331,10 +301,7 @@ fn main() {
             let more = num(&args, "--more", 2);
             let kill = num(&args, "--kill-rank", 1);
             let shapes = shapes(num(&args, "--elements", 1000));
-            let comm = Dying {
-                inner: comm,
-                countdown: Cell::new(0),
-            };
+            let comm = Dying::new(comm, exit_rank);
             let mut sharded =
                 ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
                     .expect("shapes");
@@ -350,7 +317,7 @@ fn main() {
                 }
             }
             if rank == kill {
-                sharded.collective().countdown.set(3);
+                sharded.collective().arm(3);
             }
             save(&sharded, &dir, &params);
             eprintln!("rank {rank}: the save completed, but rank {kill} should have died");

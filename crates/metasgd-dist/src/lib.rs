@@ -69,6 +69,8 @@ mod mpi_collective;
 mod partition;
 pub mod reference;
 mod sharded;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod threads;
 
 pub use checkpoint::{COMMIT_FILE, CommitRecord};

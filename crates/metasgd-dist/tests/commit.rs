@@ -3,7 +3,6 @@
 //! rank count and resumes bitwise equal to an uninterrupted run; every
 //! single-bit flip of a shard file is refused or harmless.
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use metasgd_core::{Error, MetaSGD, NonFinitePolicy, Optimizer};
@@ -12,43 +11,12 @@ use metasgd_dist::{Collective, ShardedMetaSGD, ThreadCollective, ThreadGroup};
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-/// A rank that can be told to die at its n-th collective call from now, as
-/// a killed or crashed process would (the thread group then breaks, as an
-/// MPI job does).
-struct Dying {
-    inner: ThreadCollective,
-    countdown: Cell<usize>,
+/// A thread rank's death: a panic (the group then breaks).
+fn panic_rank(rank: usize) -> ! {
+    panic!("rank {rank} killed (test)")
 }
 
-impl Dying {
-    fn arm(&self, n: usize) {
-        self.countdown.set(n);
-    }
-    fn tick(&self) {
-        match self.countdown.get() {
-            0 => {}
-            1 => panic!("rank {} killed (test)", self.inner.rank()),
-            n => self.countdown.set(n - 1),
-        }
-    }
-}
-
-impl Collective for Dying {
-    fn rank(&self) -> usize {
-        self.inner.rank()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn all_to_all(&self, send: &[u8], recv: &mut [u8]) {
-        self.tick();
-        self.inner.all_to_all(send, recv);
-    }
-    fn all_gather(&self, send: &[u8], recv: &mut [u8]) {
-        self.tick();
-        self.inner.all_gather(send, recv);
-    }
-}
+type Dying = metasgd_dist::testing::Dying<ThreadCollective>;
 
 /// Runs `body` on every rank; a rank that panicked gives `None`.
 fn on_ranks<T: Send>(ranks: usize, body: impl Fn(Dying) -> T + Sync) -> Vec<Option<T>> {
@@ -58,12 +26,7 @@ fn on_ranks<T: Send>(ranks: usize, body: impl Fn(Dying) -> T + Sync) -> Vec<Opti
             .into_iter()
             .map(|inner| {
                 let body = &body;
-                s.spawn(move || {
-                    body(Dying {
-                        inner,
-                        countdown: Cell::new(0),
-                    })
-                })
+                s.spawn(move || body(Dying::new(inner, panic_rank)))
             })
             .collect();
         handles.into_iter().map(|h| h.join().ok()).collect()

@@ -6,7 +6,6 @@ use metasgd_kernels::meta;
 use metasgd_kernels::{Element, scalar};
 use ndarray::ArrayD;
 
-use crate::outer::flat;
 use crate::{Objective, Outer, Task};
 
 /// How much of the meta-gradient to compute.
@@ -145,8 +144,18 @@ fn zeros_of<A: Element>(like: &ArrayD<A>) -> ArrayD<A> {
     ArrayD::zeros(like.raw_dim())
 }
 
-fn slice_mut<A: Element>(a: &mut ArrayD<A>) -> &mut [A] {
+/// An array made here (row-major) as one slice.
+pub(crate) fn slice_mut<A: Element>(a: &mut ArrayD<A>) -> &mut [A] {
     a.as_slice_mut().expect("arrays made here are row-major")
+}
+
+/// The elements of `a` in logical (row-major) order, borrowed when it is
+/// already laid out that way.
+pub(crate) fn flat<A: Element>(a: &ArrayD<A>) -> std::borrow::Cow<'_, [A]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
 }
 
 impl<A: Element> MetaLearner<A> {

@@ -6,6 +6,8 @@ use metasgd_kernels::Element;
 use metasgd_kernels::meta::{self, AdamStep};
 use ndarray::ArrayD;
 
+use crate::learner::{flat, slice_mut};
+
 /// The outer optimizer of a [`crate::MetaLearner`]: Adam by default (as
 /// MAML and Meta-SGD use), or plain SGD.
 ///
@@ -147,27 +149,14 @@ impl<A: Element> Outer<A> {
                     bias2: A::one() - beta2.powi(t),
                 };
                 for (((p, m), v), g) in params.iter_mut().zip(m).zip(v).zip(grads) {
-                    meta::adam(row_major(p), row_major(m), row_major(v), &flat(g), &step);
+                    meta::adam(slice_mut(p), slice_mut(m), slice_mut(v), &flat(g), &step);
                 }
             }
             Outer::Sgd { lr } => {
                 for (p, g) in params.iter_mut().zip(grads) {
-                    meta::sgd(row_major(p), &flat(g), lr);
+                    meta::sgd(slice_mut(p), &flat(g), lr);
                 }
             }
         }
-    }
-}
-
-fn row_major<A: Element>(a: &mut ArrayD<A>) -> &mut [A] {
-    a.as_slice_mut().expect("arrays made here are row-major")
-}
-
-/// The elements of `a` in logical (row-major) order, borrowed when it is
-/// already laid out that way.
-pub(crate) fn flat<A: Element>(a: &ArrayD<A>) -> std::borrow::Cow<'_, [A]> {
-    match a.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
     }
 }

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use metasgd_core::checkpoint::{
-    NamedTensors, crc32c_hex, read_bounded, sync_dir, write_atomically,
+    NamedTensors, at_path, crc32c_hex, read_bounded, sync_dir, write_atomically,
 };
 use metasgd_core::{Error, MetaSGD, Result};
 use metasgd_kernels::{Element, scalar};
@@ -225,19 +225,9 @@ impl CommitRecord {
             Err(e) => Err(Error::io_at(&path, &e)),
             Ok(_) => {
                 let bytes = read_bounded(&path, MAX_RECORD_BYTES)?;
-                Self::parse(&bytes).map(Some).map_err(|e| in_file(&path, e))
+                Self::parse(&bytes).map(Some).map_err(|e| at_path(&path, e))
             }
         }
-    }
-}
-
-fn in_file(path: &Path, e: Error) -> Error {
-    match e {
-        Error::InvalidCheckpoint { field, reason } => Error::InvalidCheckpoint {
-            field,
-            reason: format!("{reason} (in {})", path.display()),
-        },
-        other => other,
     }
 }
 
@@ -575,7 +565,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             }
             let (path, bytes) = source.read(r)?;
             let loaded = MetaSGD::<A>::from_state_bytes_with(&bytes, &KEYS)
-                .map_err(|e| in_file(&path, e))?;
+                .map_err(|e| at_path(&path, e))?;
             let (opt, meta) = (loaded.optimizer, loaded.metadata);
             let expect = [
                 ("shard_rank", r.to_string()),

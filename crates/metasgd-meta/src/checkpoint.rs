@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use metasgd_core::checkpoint::{NamedTensors, Reader, Writer, write_atomically};
+use metasgd_core::checkpoint::{NamedTensors, Reader, Writer, at_path, write_atomically};
 use metasgd_core::{Error, MAX_INNER_STEPS, Result};
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD};
@@ -84,13 +84,7 @@ impl<A: Element> MetaLearner<A> {
     pub fn load_state_with_tensors(path: impl AsRef<Path>) -> Result<(Self, NamedTensors<A>)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
-        Self::from_state_bytes_with(&bytes).map_err(|e| match e {
-            Error::InvalidCheckpoint { field, reason } => Error::InvalidCheckpoint {
-                field,
-                reason: format!("{reason} (in {})", path.display()),
-            },
-            other => other,
-        })
+        Self::from_state_bytes_with(&bytes).map_err(|e| at_path(path, e))
     }
 
     /// The checkpoint's bytes (see the module docs for the layout).

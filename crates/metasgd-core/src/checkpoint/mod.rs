@@ -84,8 +84,9 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io_at(path, &e))
 }
 
-/// Adds the file's path to an [`Error::InvalidCheckpoint`]'s reason.
-pub(crate) fn at_path(path: &Path, e: Error) -> Error {
+/// Adds the file's path to an [`Error::InvalidCheckpoint`]'s reason (other
+/// errors pass unchanged): for every loader that reads a file.
+pub fn at_path(path: &Path, e: Error) -> Error {
     match e {
         Error::InvalidCheckpoint { field, reason } => Error::InvalidCheckpoint {
             field,

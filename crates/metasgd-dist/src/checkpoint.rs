@@ -38,12 +38,12 @@ use metasgd_core::checkpoint::{
     NamedTensors, at_path, crc32c_hex, read_bounded, sync_dir, write_atomically,
 };
 use metasgd_core::{Error, MetaSGD, Result};
-use metasgd_kernels::{Element, scalar};
+use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use crate::agree::agree;
-use crate::sharded::offsets;
+use crate::sharded::{offsets, padding_rate};
 use crate::{Collective, Partition, ShardedMetaSGD};
 
 /// Committed generations kept on disk by default.
@@ -633,9 +633,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         if inner.per_param_lrs().is_empty() {
             return Ok((inner, tensors));
         }
-        // Padding (past the real elements) is never read back; it holds a
-        // rate the rate rule accepts, as a fresh shard's would.
-        let pad = scalar::clamp(inner.get_base_lr());
+        let pad = padding_rate(&inner);
         rates.resize(new.shard_len, pad);
         for v in rates.iter_mut().skip(new.real(comm.rank()).len()) {
             *v = pad;

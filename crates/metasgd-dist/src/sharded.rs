@@ -36,6 +36,13 @@ pub struct ShardedMetaSGD<A: Element, C: Collective> {
 /// buffers hold two such buckets (8 MiB in f32), whatever the model size.
 pub const BUCKET_ELEMENTS: usize = 1 << 20;
 
+/// The rate the padding past the last real element holds: never read back,
+/// so any rate the rate rule accepts; the base rate clamped, as a fresh
+/// shard's first step would leave it.
+pub(crate) fn padding_rate<A: Element>(opt: &MetaSGD<A>) -> A {
+    metasgd_kernels::scalar::clamp(opt.get_base_lr())
+}
+
 /// Where each tensor starts in the flat buffer, and the total length.
 pub(crate) fn offsets(shapes: &[Vec<usize>]) -> (Vec<usize>, usize) {
     let mut at = 0;
@@ -122,8 +129,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             }
         }
         let flat: Vec<A> = slots.iter().flat_map(|a| a.iter().copied()).collect();
-        // Padding is never read back; it holds a rate the rate rule accepts.
-        let pad = metasgd_kernels::scalar::clamp(template.get_base_lr());
+        let pad = padding_rate(template);
         let shard = part
             .shard(rank)
             .map(|i| flat.get(i).copied().unwrap_or(pad))

@@ -14,21 +14,14 @@ fn shapes() -> Vec<Vec<usize>> {
     vec![vec![7, 5], vec![5], vec![], vec![2, 3, 4], vec![0, 3]]
 }
 
-/// Deterministic values in [-1, 1), a NaN at one place when `nan`.
+/// Deterministic values in [-2, 2) (the kernels' test data), a NaN at one
+/// place when `nan`.
 fn values<A: Element>(n: usize, seed: u64, nan: bool) -> Vec<A> {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
-            if nan && i == 3 {
-                A::nan()
-            } else {
-                A::from((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0).unwrap()
-            }
-        })
-        .collect()
+    let mut v = metasgd_kernels::testdata::values(n, seed, 0);
+    if nan && n > 3 {
+        v[3] = A::nan();
+    }
+    v
 }
 
 fn tensor<A: CandleElement>(shape: &[usize], v: Vec<A>) -> Tensor {

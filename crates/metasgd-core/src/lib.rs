@@ -22,7 +22,7 @@ pub use checkpoint::{FORMAT_VERSION, Loaded};
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;
 pub use optimizer::Optimizer;
-pub use schema::{MAX_COUNT, MAX_INNER_STEPS};
+pub use schema::{MAX_COUNT, MAX_INNER_STEPS, valid_rate};
 
 pub use metasgd_kernels as kernels;
 pub use ndarray;

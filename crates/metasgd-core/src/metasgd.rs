@@ -288,6 +288,59 @@ impl<A: Element> MetaSGD<A> {
         Ok(())
     }
 
+    /// One step of one flat tensor whose rates the caller keeps, for a
+    /// framework that holds optimizer state per tensor (burn's
+    /// `Optimizer::State`): the settings of `self` (its slots and counters
+    /// are neither used nor changed; counting is the caller's), the
+    /// non-finite policy applied to `grad` alone, the kernel the backend
+    /// picks for `theta.len()` elements. The bits are those of
+    /// `step_inplace` with `alpha` as slot 0.
+    ///
+    /// Returns [`Verdict::Skip`] when the policy skips the step (nothing
+    /// changed). An error (settings, lengths, the policy) changes nothing;
+    /// slot 0 names the tensor. The rates are the caller's to keep within
+    /// the one rate rule, [`crate::valid_rate`] (the steps keep them there;
+    /// check what you load): they are not scanned here, so a step reads each
+    /// array once.
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGD, Verdict};
+    ///
+    /// let opt = MetaSGD::new(0.1_f32).with_inner_steps(1);
+    /// let (mut theta, mut alpha) = (vec![1.0_f32, 2.0], vec![0.1_f32; 2]);
+    /// assert_eq!(opt.step_slices(&mut theta, &mut alpha, &[1.0, -1.0])?, Verdict::Step);
+    /// assert_eq!(theta, [1.0 - 0.1, 2.0 + 0.1]);
+    /// # Ok::<(), metasgd_core::Error>(())
+    /// ```
+    pub fn step_slices(&self, theta: &mut [A], alpha: &mut [A], grad: &[A]) -> Result<Verdict> {
+        self.check_settings()?;
+        if theta.len() != grad.len() {
+            return Err(Error::ShapeMismatch {
+                slot: 0,
+                params: vec![theta.len()],
+                gradients: vec![grad.len()],
+            });
+        }
+        if alpha.len() != theta.len() {
+            return Err(Error::StateMismatch(StateMismatch::Shape {
+                slot: 0,
+                state: vec![alpha.len()],
+                params: vec![theta.len()],
+            }));
+        }
+        let verdict = self
+            .settings
+            .non_finite
+            .verdict(|| scalar::first_non_finite(grad).map(|i| (0, i)))?;
+        if verdict == Verdict::Step {
+            let kernel = self.settings.backend.kernel(theta.len());
+            let update =
+                metasgd_kernels::Update::new(metasgd_kernels::Theta::InPlace(theta), alpha, grad);
+            metasgd_kernels::step(kernel, update, &self.config());
+        }
+        Ok(verdict)
+    }
+
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
     pub fn reset_per_param_lr(&mut self) {
         self.slots.clear();

@@ -30,7 +30,12 @@ pub const MAX_COUNT: u64 = 1 << 53;
 /// it stays NaN (`docs/semantics.md`), so a checkpoint of that run must load
 /// as that run. Every other value outside the range is unreachable: each
 /// step, `set_learning_rate` and the sharded padding clamp.
-pub(crate) fn valid_rate<A: Element>(a: A) -> bool {
+///
+/// ```
+/// assert!(metasgd_core::valid_rate(0.01_f32) && metasgd_core::valid_rate(f64::NAN));
+/// assert!(!metasgd_core::valid_rate(0.0_f32) && !metasgd_core::valid_rate(11.0_f64));
+/// ```
+pub fn valid_rate<A: Element>(a: A) -> bool {
     a.is_nan() || (a >= A::LO && a <= A::HI)
 }
 

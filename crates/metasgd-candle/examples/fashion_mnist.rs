@@ -15,8 +15,6 @@
 //! The last line is machine-readable:
 //! `test_accuracy metasgd=0.9xxx adamw=0.9xxx sgd=0.9xxx resumed_bitwise_equal=true`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -24,117 +22,16 @@ use candle_nn::{Conv2d, Linear, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{ArrayD, IxDyn};
-use plotters::prelude::*;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 
-const SEED: u64 = 7;
+#[path = "../../../examples/common/fashion_mnist.rs"]
+mod common;
+use common::{Common, Curve, SEED, Split};
 
-/// Train a CNN on Fashion-MNIST with MetaSGD, AdamW and SGD.
+/// Train a CNN on Fashion-MNIST with MetaSGD, AdamW and SGD (candle).
 #[derive(Parser, Debug)]
 struct Args {
-    /// The directory with the four `*-ubyte.gz` files.
-    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
-    data: PathBuf,
-    /// Epochs per run.
-    #[arg(long, default_value_t = 2)]
-    epochs: usize,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// MetaSGD's base rate (every per-parameter rate starts here).
-    #[arg(long, default_value_t = 0.1)]
-    base_lr: f64,
-    /// MetaSGD's rate of the rates.
-    #[arg(long, default_value_t = 0.01)]
-    alpha_lr: f64,
-    /// SGD's rates to try; the best test accuracy is reported.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1")]
-    sgd_grid: Vec<f64>,
-    /// A short run for CI: 3,000 training and 1,000 test images, one epoch.
-    #[arg(long)]
-    smoke: bool,
-    /// Where the SVG and the checkpoint go.
-    #[arg(long, default_value = "target/examples")]
-    out: PathBuf,
-}
-
-/// Images as `[n, 1, 28, 28]` floats in [0, 1] and labels as `u32`.
-struct Split {
-    images: Vec<f32>,
-    labels: Vec<u32>,
-}
-
-impl Split {
-    fn len(&self) -> usize {
-        self.labels.len()
-    }
-    fn truncate(&mut self, n: usize) {
-        self.labels.truncate(n);
-        self.images.truncate(n * 784);
-    }
-}
-
-const HOW_TO_GET: &str = "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist: \
-/usr/share/datasets/fashion-mnist), or download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
-t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist \
-into a directory and pass --data DIR";
-
-/// A gzipped IDX file's bytes, checked: magic `0x0000_08_dd` (unsigned
-/// bytes, `dims` dimensions), the dimensions, and exactly that many bytes.
-fn read_idx(path: &Path, dims: u8) -> Result<(Vec<usize>, Vec<u8>), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("{}: {e}; {HOW_TO_GET}", path.display()))?;
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .take(64 << 20)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: not a gzip file ({e})", path.display()))?;
-    let bad = |why: String| {
-        format!(
-            "{}: not an IDX file of Fashion-MNIST: {why}",
-            path.display()
-        )
-    };
-    if bytes.len() < 4 || bytes[..4] != [0, 0, 0x08, dims] {
-        return Err(bad(format!(
-            "magic {:02x?}, expected [0, 0, 8, {dims}]",
-            &bytes[..bytes.len().min(4)]
-        )));
-    }
-    let header = 4 + 4 * dims as usize;
-    if bytes.len() < header {
-        return Err(bad("truncated header".into()));
-    }
-    let shape: Vec<usize> = (0..dims as usize)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
-        })
-        .collect();
-    let n: usize = shape.iter().product();
-    if bytes.len() != header + n {
-        return Err(bad(format!(
-            "{} data bytes for shape {shape:?}",
-            bytes.len() - header
-        )));
-    }
-    bytes.drain(..header);
-    Ok((shape, bytes))
-}
-
-fn load_split(dir: &Path, prefix: &str) -> Result<Split, String> {
-    let (ishape, pixels) = read_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), 3)?;
-    let (lshape, labels) = read_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), 1)?;
-    if ishape[1..] != [28, 28] || ishape[0] != lshape[0] {
-        return Err(format!("{prefix}: {ishape:?} images for {lshape:?} labels"));
-    }
-    if let Some(l) = labels.iter().find(|&&l| l > 9) {
-        return Err(format!("{prefix}: label {l} (expected 0-9)"));
-    }
-    Ok(Split {
-        images: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
-        labels: labels.iter().map(|&l| u32::from(l)).collect(),
-    })
+    #[command(flatten)]
+    common: Common,
 }
 
 /// conv 3x3 (16) - ReLU - max-pool 2 - conv 3x3 (32) - ReLU - max-pool 2 -
@@ -182,11 +79,7 @@ fn model(init: &[(String, Tensor)]) -> candle_core::Result<(Cnn, Vec<(String, Va
 }
 
 fn batch(split: &Split, idx: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-    let mut x = Vec::with_capacity(idx.len() * 784);
-    for &i in idx {
-        x.extend_from_slice(&split.images[i * 784..(i + 1) * 784]);
-    }
-    let y: Vec<u32> = idx.iter().map(|&i| split.labels[i]).collect();
+    let (x, y) = split.gather(idx);
     Ok((
         Tensor::from_vec(x, (idx.len(), 1, 28, 28), &Device::Cpu)?,
         Tensor::from_vec(y, idx.len(), &Device::Cpu)?,
@@ -208,26 +101,17 @@ fn accuracy(net: &Cnn, test: &Split) -> candle_core::Result<f64> {
     Ok(correct as f64 / test.len() as f64)
 }
 
-/// The batches of epoch `e`: a shuffle that depends only on the seed and `e`.
-fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-        SEED ^ (e as u64 + 1) << 16,
-    ));
-    idx.chunks(batch).map(<[usize]>::to_vec).collect()
-}
-
 /// One epoch of `opt` on `net`.
 fn epoch<O: Optimizer>(
     net: &Cnn,
     opt: &mut O,
     train: &Split,
-    args: &Args,
+    args: &Common,
     e: usize,
     bar: &ProgressBar,
 ) -> candle_core::Result<f32> {
     let mut last = 0.0;
-    for idx in order(train.len(), args.batch, e) {
+    for idx in common::order(train.len(), args.batch, e) {
         let (x, y) = batch(train, &idx)?;
         let loss = candle_nn::loss::cross_entropy(&net.forward(&x)?, &y)?;
         opt.backward_step(&loss)?;
@@ -235,12 +119,6 @@ fn epoch<O: Optimizer>(
         bar.inc(1);
     }
     Ok(last)
-}
-
-/// A run's test accuracy after every epoch.
-struct Curve {
-    name: String,
-    acc: Vec<f64>,
 }
 
 fn values(vars: &[(String, Var)]) -> candle_core::Result<Vec<(String, ArrayD<f32>)>> {
@@ -268,72 +146,16 @@ fn bits(vars: &[(String, Var)]) -> candle_core::Result<Vec<u32>> {
     Ok(out)
 }
 
-fn config(args: &Args) -> metasgd_core::MetaSGD<f32> {
+fn config(args: &Common) -> metasgd_core::MetaSGD<f32> {
     metasgd_core::MetaSGD::new(args.base_lr as f32)
         .with_inner_steps(1)
         .with_alpha_lr(args.alpha_lr as f32)
 }
 
-fn plot(path: &Path, curves: &[Curve]) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let epochs = curves.iter().map(|c| c.acc.len()).max().unwrap_or(1);
-    let lo = curves
-        .iter()
-        .flat_map(|c| c.acc.iter().copied())
-        .fold(1.0_f64, f64::min)
-        .min(0.85);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Fashion-MNIST, small CNN in candle: test accuracy",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(1..epochs.max(2), (lo - 0.01)..1.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("test accuracy")
-        .draw()?;
-    for (c, color) in curves.iter().zip([BLUE, RED, GREEN, MAGENTA, CYAN, BLACK]) {
-        let pts: Vec<(usize, f64)> = c.acc.iter().enumerate().map(|(i, &a)| (i + 1, a)).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(c.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = Args::parse();
-    let (mut train, mut test) = match (
-        load_split(&args.data, "train"),
-        load_split(&args.data, "t10k"),
-    ) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("fashion_mnist: {e}");
-            std::process::exit(2);
-        }
-    };
-    if args.smoke {
-        train.truncate(3000);
-        test.truncate(1000);
-        args.epochs = 1;
-        args.sgd_grid.truncate(1);
-    }
+    let mut args = Args::parse().common;
+    common::apply_smoke(&mut args);
+    let (train, test) = common::load(&args);
     std::fs::create_dir_all(&args.out)?;
     let start = Instant::now();
     println!(
@@ -441,51 +263,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             epoch(&net, &mut sgd, &train, &args, e, &bar)?;
             acc.push(accuracy(&net, &test)?);
         }
-        let last = acc.last().copied().unwrap_or(0.0);
-        bar.suspend(|| {
-            println!("  SGD lr {lr}: test accuracy per epoch {acc:.4?}, last {last:.4}")
-        });
-        let better = best_sgd.as_ref().is_none_or(|b| acc.last() > b.acc.last());
-        if better {
-            best_sgd = Some(Curve {
-                name: format!("SGD (lr {lr}, best of the grid)"),
-                acc,
-            });
-        }
+        bar.suspend(|| common::keep_best(&mut best_sgd, lr, acc));
     }
     bar.finish_and_clear();
     curves.extend(best_sgd);
 
-    for c in &curves {
-        let per_epoch: Vec<String> = c.acc.iter().map(|a| format!("{a:.4}")).collect();
-        println!(
-            "  {:<32} test accuracy per epoch: {}",
-            c.name,
-            per_epoch.join(" ")
-        );
-    }
     let svg = args.out.join("fashion-mnist-candle.svg");
-    plot(&svg, &curves)?;
+    common::plot(
+        &svg,
+        "Fashion-MNIST, small CNN in candle: test accuracy",
+        &curves,
+    )?;
     println!(
         "wrote {} and {}; {:.0} s",
         svg.display(),
         checkpoint.display(),
         start.elapsed().as_secs_f64()
     );
-    let last = |i: usize| {
-        curves
-            .get(i)
-            .and_then(|c| c.acc.last().copied())
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "test_accuracy metasgd={:.4} adamw={:.4} sgd={:.4} resumed_bitwise_equal={resumed_equal}",
-        last(0),
-        last(1),
-        last(2)
-    );
-    if !resumed_equal {
-        std::process::exit(1);
-    }
+    common::report(&curves, resumed_equal);
     Ok(())
 }

@@ -1,0 +1,277 @@
+//! What the Fashion-MNIST examples of the framework adapters share (included
+//! by `#[path]` from `crates/metasgd-candle/examples/fashion_mnist.rs` and
+//! `crates/metasgd-burn/examples/fashion_mnist.rs`): the flags, the IDX
+//! reader, the batch order, the curves, the plot and the summary lines.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+/// The seed of the batch order (and of burn's initialisation).
+pub(crate) const SEED: u64 = 7;
+
+/// Flags both examples take.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Common {
+    /// The directory with the four `*-ubyte.gz` files.
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    pub(crate) data: PathBuf,
+    /// Epochs per run.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// MetaSGD's base rate (every per-parameter rate starts here).
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) base_lr: f64,
+    /// MetaSGD's rate of the rates.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) alpha_lr: f64,
+    /// SGD's rates to try; the best final test accuracy is reported.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1")]
+    pub(crate) sgd_grid: Vec<f64>,
+    /// A short run for CI: 3,000 training and 1,000 test images, one epoch,
+    /// the first rate of the SGD grid.
+    #[arg(long)]
+    pub(crate) smoke: bool,
+    /// Where the SVG and the checkpoint go.
+    #[arg(long, default_value = "target/examples")]
+    pub(crate) out: PathBuf,
+}
+
+/// Images as `[n, 1, 28, 28]` floats, standardised with the training set's
+/// mean and standard deviation, and labels 0-9.
+pub(crate) struct Split {
+    pub(crate) images: Vec<f32>,
+    pub(crate) labels: Vec<u32>,
+}
+
+impl Split {
+    pub(crate) fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.labels.truncate(n);
+        self.images.truncate(n * 784);
+    }
+
+    /// The images and labels of `idx`, in that order.
+    pub(crate) fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(idx.len() * 784);
+        for &i in idx {
+            x.extend_from_slice(&self.images[i * 784..(i + 1) * 784]);
+        }
+        (x, idx.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+const HOW_TO_GET: &str = "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist: \
+/usr/share/datasets/fashion-mnist), or download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
+t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist \
+into a directory and pass --data DIR";
+
+/// A gzipped IDX file's bytes, checked: magic `0x0000_08_dd` (unsigned
+/// bytes, `dims` dimensions), the dimensions, and exactly that many bytes
+/// (at most 64 MiB unpacked).
+fn read_idx(path: &Path, dims: u8) -> Result<(Vec<usize>, Vec<u8>), String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("{}: {e}; {HOW_TO_GET}", path.display()))?;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .take(64 << 20)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: not a gzip file ({e})", path.display()))?;
+    let bad = |why: String| {
+        format!(
+            "{}: not an IDX file of Fashion-MNIST: {why}",
+            path.display()
+        )
+    };
+    if bytes.len() < 4 || bytes[..4] != [0, 0, 0x08, dims] {
+        return Err(bad(format!(
+            "magic {:02x?}, expected [0, 0, 8, {dims}]",
+            &bytes[..bytes.len().min(4)]
+        )));
+    }
+    let header = 4 + 4 * dims as usize;
+    if bytes.len() < header {
+        return Err(bad("truncated header".into()));
+    }
+    let shape: Vec<usize> = (0..dims as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
+        .collect();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    if bytes.len() != header + n {
+        return Err(bad(format!(
+            "{} data bytes for shape {shape:?}",
+            bytes.len() - header
+        )));
+    }
+    bytes.drain(..header);
+    Ok((shape, bytes))
+}
+
+/// Pixels in [0, 1] and labels of one split.
+fn load_split(dir: &Path, prefix: &str) -> Result<(Vec<f32>, Vec<u32>), String> {
+    let (ishape, pixels) = read_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), 3)?;
+    let (lshape, labels) = read_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), 1)?;
+    if ishape[1..] != [28, 28] || ishape[0] != lshape[0] {
+        return Err(format!("{prefix}: {ishape:?} images for {lshape:?} labels"));
+    }
+    if let Some(l) = labels.iter().find(|&&l| l > 9) {
+        return Err(format!("{prefix}: label {l} (expected 0-9)"));
+    }
+    Ok((
+        pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+        labels.iter().map(|&l| u32::from(l)).collect(),
+    ))
+}
+
+/// The training and test sets (cut down under `--smoke`), standardised with
+/// the training pixels' mean and standard deviation; on a missing or
+/// malformed file, says which and where the data comes from, and exits 2.
+pub(crate) fn load(args: &Common) -> (Split, Split) {
+    let (train, test) = match (
+        load_split(&args.data, "train"),
+        load_split(&args.data, "t10k"),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("fashion_mnist: {e}");
+            std::process::exit(2);
+        }
+    };
+    let n = train.0.len() as f64;
+    let mean = train.0.iter().map(|&p| f64::from(p)).sum::<f64>() / n;
+    let var = train
+        .0
+        .iter()
+        .map(|&p| (f64::from(p) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let (mean, std) = (mean as f32, var.sqrt() as f32);
+    let standardise = |(pixels, labels): (Vec<f32>, Vec<u32>)| Split {
+        images: pixels.into_iter().map(|p| (p - mean) / std).collect(),
+        labels,
+    };
+    let (mut train, mut test) = (standardise(train), standardise(test));
+    if args.smoke {
+        train.truncate(3000);
+        test.truncate(1000);
+    }
+    (train, test)
+}
+
+/// Applies `--smoke` to the run's settings.
+pub(crate) fn apply_smoke(args: &mut Common) {
+    if args.smoke {
+        args.epochs = 1;
+        args.sgd_grid.truncate(1);
+    }
+}
+
+/// The batches of epoch `e`: a shuffle that depends only on the seed and `e`.
+pub(crate) fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+        SEED ^ ((e as u64 + 1) << 16),
+    ));
+    idx.chunks(batch).map(<[usize]>::to_vec).collect()
+}
+
+/// A run's test accuracy after every epoch.
+pub(crate) struct Curve {
+    pub(crate) name: String,
+    pub(crate) acc: Vec<f64>,
+}
+
+/// Keeps the better of two SGD runs (by final accuracy).
+pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, acc: Vec<f64>) {
+    let last = acc.last().copied().unwrap_or(0.0);
+    println!("  SGD lr {lr}: test accuracy per epoch {acc:.4?}, last {last:.4}");
+    if best.as_ref().is_none_or(|b| acc.last() > b.acc.last()) {
+        *best = Some(Curve {
+            name: format!("SGD (lr {lr}, best of the grid)"),
+            acc,
+        });
+    }
+}
+
+/// Test accuracy against epochs, one line per curve.
+pub(crate) fn plot(path: &Path, title: &str, curves: &[Curve]) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let epochs = curves.iter().map(|c| c.acc.len()).max().unwrap_or(1);
+    let lo = curves
+        .iter()
+        .flat_map(|c| c.acc.iter().copied())
+        .fold(1.0_f64, f64::min)
+        .min(0.85);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(1..epochs.max(2), (lo - 0.01)..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("test accuracy")
+        .draw()?;
+    for (c, color) in curves.iter().zip([BLUE, RED, GREEN, MAGENTA, CYAN, BLACK]) {
+        let pts: Vec<(usize, f64)> = c.acc.iter().enumerate().map(|(i, &a)| (i + 1, a)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(c.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Prints every curve and the machine-readable last line (MetaSGD, AdamW,
+/// the best SGD, in that order in `curves`); exits 1 when the resumed run
+/// differed.
+pub(crate) fn report(curves: &[Curve], resumed_equal: bool) {
+    for c in curves {
+        let per_epoch: Vec<String> = c.acc.iter().map(|a| format!("{a:.4}")).collect();
+        println!(
+            "  {:<32} test accuracy per epoch: {}",
+            c.name,
+            per_epoch.join(" ")
+        );
+    }
+    let last = |i: usize| {
+        curves
+            .get(i)
+            .and_then(|c| c.acc.last().copied())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "test_accuracy metasgd={:.4} adamw={:.4} sgd={:.4} resumed_bitwise_equal={resumed_equal}",
+        last(0),
+        last(1),
+        last(2)
+    );
+    if !resumed_equal {
+        std::process::exit(1);
+    }
+}

@@ -24,11 +24,21 @@ pub fn bytes_per_element<A>() -> usize {
 /// convolutions, 53 batch-norm scales and 53 shifts, the classifier weight and
 /// bias; 161 tensors, 25,557,032 parameters, from 64 to 2,359,296 elements.
 pub fn resnet50_sizes() -> Vec<usize> {
-    let mut sizes = Vec::new();
+    resnet50_shapes()
+        .iter()
+        .map(|s| s.iter().product())
+        .collect()
+}
+
+/// The shapes of ResNet-50's 161 trainable tensors (torchvision's order:
+/// each convolution's weight, then its batch norm's weight and bias; the
+/// classifier's weight and bias last), 25,557,032 parameters.
+pub fn resnet50_shapes() -> Vec<Vec<usize>> {
+    let mut shapes = Vec::new();
     let mut conv_bn = |cin: usize, cout: usize, k: usize| {
-        sizes.push(cout * cin * k * k);
-        sizes.push(cout);
-        sizes.push(cout);
+        shapes.push(vec![cout, cin, k, k]);
+        shapes.push(vec![cout]);
+        shapes.push(vec![cout]);
     };
     conv_bn(3, 64, 7);
     let mut inplanes = 64;
@@ -43,9 +53,9 @@ pub fn resnet50_sizes() -> Vec<usize> {
             inplanes = planes * 4;
         }
     }
-    sizes.push(2048 * 1000);
-    sizes.push(1000);
-    sizes
+    shapes.push(vec![1000, 2048]);
+    shapes.push(vec![1000]);
+    shapes
 }
 
 /// The roofline baseline: `theta += g; alpha -= g` through the kernels' own

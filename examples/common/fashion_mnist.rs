@@ -19,9 +19,10 @@ pub(crate) struct Common {
     /// The directory with the four `*-ubyte.gz` files.
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     pub(crate) data: PathBuf,
-    /// Epochs per run.
-    #[arg(long, default_value_t = 2)]
-    pub(crate) epochs: usize,
+    /// Epochs per run (each example has its default: what its framework
+    /// runs within the 10-minute budget on 2 cores).
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
     /// Mini-batch size.
     #[arg(long, default_value_t = 64)]
     pub(crate) batch: usize,
@@ -172,12 +173,14 @@ pub(crate) fn load(args: &Common) -> (Split, Split) {
     (train, test)
 }
 
-/// Applies `--smoke` to the run's settings.
-pub(crate) fn apply_smoke(args: &mut Common) {
+/// The run's epochs (`default` unless `--epochs`; 1 under `--smoke`), and
+/// `--smoke`'s one-rate SGD grid.
+pub(crate) fn settle(args: &mut Common, default: usize) -> usize {
     if args.smoke {
-        args.epochs = 1;
         args.sgd_grid.truncate(1);
+        return 1;
     }
+    args.epochs.unwrap_or(default)
 }
 
 /// The batches of epoch `e`: a shuffle that depends only on the seed and `e`.
@@ -208,7 +211,11 @@ pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, acc: Vec<f64>) {
 }
 
 /// Test accuracy against epochs, one line per curve.
-pub(crate) fn plot(path: &Path, title: &str, curves: &[Curve]) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn plot(
+    path: &Path,
+    title: &str,
+    curves: &[Curve],
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let epochs = curves.iter().map(|c| c.acc.len()).max().unwrap_or(1);

@@ -53,6 +53,33 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask bench --adapters`: builds `adapter-compare` (feature
+/// `adapters` of metasgd-benches: candle and burn) and runs it; the table
+/// goes to the terminal, the rows to `target/xtask-bench/adapters.csv`.
+pub(crate) fn adapters(quick: bool) -> Result<(), String> {
+    let root = project_root();
+    let target = target_dir(&root)?;
+    let out = target.join("xtask-bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    println!("[xtask] building adapter-compare (release; candle and burn)");
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root)
+        .args(["build", "--release", "-p", "metasgd-benches"])
+        .args(["--features", "adapters", "--bin", "adapter-compare"])
+        .env_remove("RUSTFLAGS");
+    status(&mut cmd)?;
+    let bin = target
+        .join("release")
+        .join(format!("adapter-compare{}", std::env::consts::EXE_SUFFIX));
+    let csv = out.join("adapters.csv");
+    let mut run = Command::new(&bin);
+    run.arg("--csv").arg(&csv);
+    if quick {
+        run.arg("--quick");
+    }
+    status(&mut run)
+}
+
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
+//! cargo xtask bench --adapters [--quick]  candle and burn adapters against their frameworks; adapters.csv
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
 //! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save
 //! ```
@@ -33,6 +34,11 @@ enum Task {
         /// A short smoke run (timings not judged).
         #[arg(long)]
         quick: bool,
+        /// Instead, one optimizer step of the candle and burn adapters over
+        /// ResNet-50's tensors against each framework's tensor ops, its own
+        /// SGD and the ndarray path: target/xtask-bench/adapters.csv.
+        #[arg(long)]
+        adapters: bool,
     },
     /// The sinusoid meta-learning benchmark (metasgd-meta's `sinusoid`
     /// example): CSV and SVGs under target/xtask-meta/. Every flag goes to
@@ -57,7 +63,14 @@ enum Task {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench {
+            quick,
+            adapters: false,
+        } => bench::run(quick),
+        Task::Bench {
+            quick,
+            adapters: true,
+        } => bench::adapters(quick),
         Task::Meta { args } => meta::run(&args),
         Task::Mpi { elements, steps } => mpi::run_all(elements, steps),
     };

@@ -93,19 +93,19 @@ fn accuracy(net: &Cnn, test: &Split, device: &Device) -> f64 {
     correct as f64 / test.len() as f64
 }
 
-/// One epoch of `optim` at rate `lr` on `net`.
-fn epoch(
-    mut net: Cnn,
-    optim: &mut ModuleOptimizer,
-    lr: f64,
-    train: &Split,
-    args: &Common,
-    e: usize,
-    device: &Device,
-    bar: &ProgressBar,
-) -> Cnn {
+/// What every epoch reads.
+struct Run<'a> {
+    train: &'a Split,
+    batch: usize,
+    device: Device,
+    bar: ProgressBar,
+}
+
+/// One epoch (number `e`) of `optim` at rate `lr` on `net`.
+fn epoch(run: &Run<'_>, mut net: Cnn, optim: &mut ModuleOptimizer, lr: f64, e: usize) -> Cnn {
+    let (train, device, bar) = (run.train, &run.device, &run.bar);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
-    for idx in common::order(train.len(), args.batch, e) {
+    for idx in common::order(train.len(), run.batch, e) {
         let (x, y) = batch(train, &idx, device);
         let loss = loss_fn.forward(net.forward(x), y);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -136,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let parsed = Args::parse();
     let adamw_lr = parsed.adamw_lr;
     let mut args = parsed.common;
-    common::apply_smoke(&mut args);
+    let epochs = common::settle(&mut args, 4);
     let (train, test) = common::load(&args);
     std::fs::create_dir_all(&args.out)?;
     let start = Instant::now();
@@ -145,7 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         train.len(),
         test.len(),
         args.batch,
-        args.epochs
+        epochs
     );
     let device = Device::flex().autodiff();
     device.seed(SEED);
@@ -153,16 +153,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let batches = train.len().div_ceil(args.batch) as u64;
     let runs = 2 + args.sgd_grid.len() as u64;
-    let bar = ProgressBar::new(
-        batches * (args.epochs as u64 * runs + args.epochs as u64 - args.epochs as u64 / 2),
-    );
+    let bar =
+        ProgressBar::new(batches * (epochs as u64 * runs + epochs as u64 - epochs as u64 / 2));
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} batches {elapsed_precise} eta {eta} {msg}",
     )?);
+    let run = Run {
+        train: &train,
+        batch: args.batch,
+        device: device.clone(),
+        bar: bar.clone(),
+    };
     let mut curves = Vec::new();
 
     // MetaSGD, uninterrupted; model and optimizer saved halfway with burn's records.
-    let half = args.epochs / 2;
+    let half = epochs / 2;
     let model_file = args.out.join("fashion-mnist-burn-model.bpk");
     let optim_file = args.out.join("fashion-mnist-burn-metasgd.bpk");
     let meta = metasgd_burn::MetaSGD::new()
@@ -171,13 +176,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut optim = meta.init();
     let mut net = init.clone();
     let mut acc = Vec::new();
-    for e in 0..args.epochs {
+    for e in 0..epochs {
         if e == half {
             net.clone().save_file(&model_file)?;
             optim.save(&optim_file)?;
         }
         bar.set_message(format!("metasgd epoch {}", e + 1));
-        net = epoch(net, &mut optim, args.base_lr, &train, &args, e, &device, &bar);
+        net = epoch(&run, net, &mut optim, args.base_lr, e);
         acc.push(accuracy(&net, &test, &device));
     }
     let errors = meta.take_errors();
@@ -193,9 +198,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Resumed from the files in a fresh model and optimizer.
     let mut net2 = Cnn::new(&device).try_load_file(&model_file)?;
     let mut optim2 = meta.init().load(&optim_file)?;
-    for e in half..args.epochs {
+    for e in half..epochs {
         bar.set_message(format!("resumed epoch {}", e + 1));
-        net2 = epoch(net2, &mut optim2, args.base_lr, &train, &args, e, &device, &bar);
+        net2 = epoch(&run, net2, &mut optim2, args.base_lr, e);
     }
     let resumed_equal = bits(&net2) == uninterrupted && meta.take_errors().is_empty();
 
@@ -203,9 +208,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut adamw = AdamWConfig::new().init();
     let mut net = init.clone();
     let mut acc = Vec::new();
-    for e in 0..args.epochs {
+    for e in 0..epochs {
         bar.set_message(format!("adamw epoch {}", e + 1));
-        net = epoch(net, &mut adamw, adamw_lr, &train, &args, e, &device, &bar);
+        net = epoch(&run, net, &mut adamw, adamw_lr, e);
         acc.push(accuracy(&net, &test, &device));
     }
     curves.push(Curve {
@@ -219,9 +224,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut sgd = SgdConfig::new().init();
         let mut net = init.clone();
         let mut acc = Vec::new();
-        for e in 0..args.epochs {
+        for e in 0..epochs {
             bar.set_message(format!("sgd {lr} epoch {}", e + 1));
-            net = epoch(net, &mut sgd, lr, &train, &args, e, &device, &bar);
+            net = epoch(&run, net, &mut sgd, lr, e);
             acc.push(accuracy(&net, &test, &device));
         }
         bar.suspend(|| common::keep_best(&mut best_sgd, lr, acc));

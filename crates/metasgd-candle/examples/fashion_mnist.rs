@@ -154,7 +154,7 @@ fn config(args: &Common) -> metasgd_core::MetaSGD<f32> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = Args::parse().common;
-    common::apply_smoke(&mut args);
+    let epochs = common::settle(&mut args, 2);
     let (train, test) = common::load(&args);
     std::fs::create_dir_all(&args.out)?;
     let start = Instant::now();
@@ -163,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         train.len(),
         test.len(),
         args.batch,
-        args.epochs
+        epochs
     );
     // One initialisation for every run of this process (candle's CPU
     // generator cannot be seeded, so it changes from process to process).
@@ -182,22 +182,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let batches = train.len().div_ceil(args.batch) as u64;
     let runs = 2 + args.sgd_grid.len() as u64;
-    let bar = ProgressBar::new(
-        batches * (args.epochs as u64 * runs + args.epochs as u64 - args.epochs as u64 / 2),
-    );
+    let bar =
+        ProgressBar::new(batches * (epochs as u64 * runs + epochs as u64 - epochs as u64 / 2));
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} batches {elapsed_precise} eta {eta} {msg}",
     )?);
     let mut curves = Vec::new();
 
     // MetaSGD, uninterrupted, checkpointed (model and optimizer, one file) halfway.
-    let half = args.epochs / 2;
+    let half = epochs / 2;
     let checkpoint = args.out.join("fashion-mnist-candle-metasgd.safetensors");
     let (net, vars) = model(&init)?;
     let mut opt =
         metasgd_candle::MetaSGD::new(vars.iter().map(|(_, v)| v.clone()).collect(), config(&args))?;
     let mut acc = Vec::new();
-    for e in 0..args.epochs {
+    for e in 0..epochs {
         if e == half {
             let vals = values(&vars)?;
             let views: Vec<(&str, _)> = vals.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
@@ -229,7 +228,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (net2, vars2) = model(&saved)?;
     let mut opt2 =
         metasgd_candle::MetaSGD::new(vars2.iter().map(|(_, v)| v.clone()).collect(), core)?;
-    for e in half..args.epochs {
+    for e in half..epochs {
         bar.set_message(format!("resumed epoch {}", e + 1));
         epoch(&net2, &mut opt2, &train, &args, e, &bar)?;
     }
@@ -242,7 +241,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Default::default(),
     )?;
     let mut acc = Vec::new();
-    for e in 0..args.epochs {
+    for e in 0..epochs {
         bar.set_message(format!("adamw epoch {}", e + 1));
         epoch(&net, &mut adamw, &train, &args, e, &bar)?;
         acc.push(accuracy(&net, &test)?);
@@ -258,7 +257,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (net, vars) = model(&init)?;
         let mut sgd = candle_nn::SGD::new(vars.iter().map(|(_, v)| v.clone()).collect(), lr)?;
         let mut acc = Vec::new();
-        for e in 0..args.epochs {
+        for e in 0..epochs {
             bar.set_message(format!("sgd {lr} epoch {}", e + 1));
             epoch(&net, &mut sgd, &train, &args, e, &bar)?;
             acc.push(accuracy(&net, &test)?);

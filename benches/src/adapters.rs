@@ -56,10 +56,7 @@ fn config(k: usize) -> metasgd::MetaSGD<f32> {
 type Named<'f> = (&'static str, Box<dyn FnMut() + 'f>);
 
 /// Median milliseconds per step of each routine, in `names` order.
-fn measure(
-    routines: Vec<Named<'_>>,
-    rounds: usize,
-) -> Vec<(&'static str, f64)> {
+fn measure(routines: Vec<Named<'_>>, rounds: usize) -> Vec<(&'static str, f64)> {
     let mut runs = Interleaved::new();
     let names: Vec<&str> = routines.iter().map(|(n, _)| *n).collect();
     for (_, f) in routines {

@@ -36,11 +36,13 @@
 //! ```
 
 mod checkpoint;
+mod convnet;
 mod learner;
 mod mlp;
 mod outer;
 mod sinusoid;
 
+pub use convnet::{Classification, ConvNet, ConvWorkspace, Norm};
 pub use learner::{MetaGradient, MetaLearner, Order};
 pub use mlp::{Mlp, MlpWorkspace};
 pub use outer::Outer;

@@ -158,6 +158,34 @@ fn support_statistics_classify_each_image_on_its_own() {
 }
 
 #[test]
+fn a_hessian_vector_product_after_a_gradient_reuses_nothing_stale() {
+    let net = ConvNet::new(4).with_filters(6).with_blocks(3).with_side(14);
+    let params = net.init::<f32>(12);
+    let support = batch::<f32>(&net, 5, 13);
+    let query = batch::<f32>(&net, 5, 14);
+    let v: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|x| x * 0.5 + 0.01)).collect();
+    let fresh = net.hessian_vector(&params, &support, &v);
+    let bits =
+        |h: &[ArrayD<f32>]| -> Vec<u32> { h.iter().flatten().map(|x| x.to_bits()).collect() };
+    let mut ws = net.workspace();
+    let mut g: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|_| 0.0)).collect();
+    let mut hv = g.clone();
+    // At the point of the last gradient (the reused intermediates).
+    net.loss_grad_into(&params, &support, &mut ws, &mut g);
+    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
+    assert_eq!(bits(&hv), bits(&fresh));
+    // After a gradient of another batch of the same size, and at other
+    // parameters: recomputed.
+    net.loss_grad_into(&params, &query, &mut ws, &mut g);
+    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
+    assert_eq!(bits(&hv), bits(&fresh));
+    let moved: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|x| x * 1.01)).collect();
+    net.loss_grad_into(&moved, &support, &mut ws, &mut g);
+    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
+    assert_eq!(bits(&hv), bits(&fresh));
+}
+
+#[test]
 fn bad_batches_are_described() {
     let net = ConvNet::new(5).with_side(14);
     let mut b = batch::<f32>(&net, 3, 0);

@@ -501,23 +501,21 @@ fn validation_runs(bg: &Background, alphabet: usize, seed: u64) -> Vec<Run> {
 
 // ------------------------------------------------------------ evaluation
 
-/// Mean error over `runs` after adapting on each run's training images.
-fn error(net: &ConvNet, learner: &MetaLearner<f32>, runs: &[Run], support_stats: bool) -> f64 {
-    let errors: f64 = runs
-        .iter()
-        .map(|run| {
-            let adapted = learner.adapt(net, &run.support);
-            let norm = if support_stats {
-                Norm::From(&run.support.x)
-            } else {
-                Norm::Batch
-            };
+/// Mean errors over `runs` after adapting once on each run's training
+/// images: (with the support set's statistics, with the test batch's).
+fn errors(net: &ConvNet, learner: &MetaLearner<f32>, runs: &[Run]) -> (f64, f64) {
+    let mut sums = (0.0, 0.0);
+    for run in runs {
+        let adapted = learner.adapt(net, &run.support);
+        let wrong = |norm| {
             let pred = net.predict(&adapted, &run.test.x, norm);
             let wrong = pred.iter().zip(&run.test.y).filter(|(p, y)| p != y).count();
             wrong as f64 / run.test.y.len() as f64
-        })
-        .sum();
-    errors / runs.len() as f64
+        };
+        sums.0 += wrong(Norm::From(&run.support.x));
+        sums.1 += wrong(Norm::Batch);
+    }
+    (sums.0 / runs.len() as f64, sums.1 / runs.len() as f64)
 }
 
 /// One evaluation: when, and the three errors.
@@ -848,12 +846,13 @@ fn run() -> Result<(), String> {
                     points: &mut Vec<Point>,
                     best: &mut Option<(f64, MetaLearner<f32>)>|
      -> Result<(), String> {
+        let lake = errors(&net, learner, &runs);
         let p = Point {
             minutes: seconds / 60.0,
             iterations: learner.meta_steps() as usize,
-            val: error(&net, learner, &val_runs, true),
-            lake_support: error(&net, learner, &runs, true),
-            lake_batch: error(&net, learner, &runs, false),
+            val: errors(&net, learner, &val_runs).0,
+            lake_support: lake.0,
+            lake_batch: lake.1,
         };
         bar.suspend(|| {
             println!(

@@ -260,7 +260,7 @@ impl ConvNet {
     ) {
         let n = x.shape()[0];
         let f = self.filters;
-        bufs.done = None;
+        bufs.done = false;
         let mut input = std::mem::take(&mut bufs.input);
         input.clear();
         input.extend(x.iter().copied());
@@ -466,8 +466,7 @@ impl ConvNet {
         // R-backward: the classifier.
         {
             let (head, tail) = hv.split_at_mut(3 * nb + 1);
-            let r_gw = matrix_mut(&mut head[3 * nb]);
-            let mut r_gw = r_gw;
+            let mut r_gw = matrix_mut(&mut head[3 * nb]);
             gemm(
                 bufs.r_h.view().t(),
                 bufs.g_logits.view(),
@@ -607,11 +606,13 @@ impl<A: Element> Block<A> {
 #[derive(Clone, Debug)]
 struct Buffers<A> {
     n: usize,
-    /// The parameters and batch whose forward and backward passes the
-    /// buffers hold, if they hold complete ones: a Hessian-vector product
-    /// at the point of the last gradient (what the meta-learner asks for
-    /// on a support set) reuses them.
-    done: Option<(Vec<ArrayD<A>>, Classification<A>)>,
+    /// Whether the buffers hold complete forward and backward passes at
+    /// `done_params` on `done_batch`: a Hessian-vector product at the point
+    /// of the last gradient (what the meta-learner asks for on a support
+    /// set) reuses them. The copies keep their allocations across calls.
+    done: bool,
+    done_params: Vec<ArrayD<A>>,
+    done_batch: Classification<A>,
     /// The batch's images in the order the first block reads them.
     input: Vec<A>,
     blocks: Vec<Block<A>>,
@@ -624,6 +625,34 @@ struct Buffers<A> {
     r_logits: Array2<A>,
     r_g_logits: Array2<A>,
     r_g_h: Array2<A>,
+}
+
+impl<A: Element> Buffers<A> {
+    /// Records that the buffers hold the passes at `params` on `batch`.
+    fn remember(&mut self, params: &[ArrayD<A>], batch: &Classification<A>) {
+        if self.done_params.len() == params.len() {
+            for (d, p) in self.done_params.iter_mut().zip(params) {
+                d.clone_from(p);
+            }
+        } else {
+            self.done_params = params.to_vec();
+        }
+        self.done_batch.x.clone_from(&batch.x);
+        self.done_batch.y.clone_from(&batch.y);
+        self.done = true;
+    }
+
+    /// Whether the buffers hold the passes at `params` on `batch`.
+    fn holds(&self, params: &[ArrayD<A>], batch: &Classification<A>) -> bool {
+        let same =
+            |a: &ArrayD<A>, b: &ArrayD<A>| a.shape() == b.shape() && same_bits(a.iter(), b.iter());
+        self.done
+            && self.done_params.len() == params.len()
+            && self.done_params.iter().zip(params).all(|(a, b)| same(a, b))
+            && self.done_batch.y == batch.y
+            && self.done_batch.x.shape() == batch.x.shape()
+            && same_bits(self.done_batch.x.iter(), batch.x.iter())
+    }
 }
 
 /// Buffers a [`ConvNet`] reuses across evaluations (one per task of a
@@ -652,7 +681,12 @@ impl<A: Element> ConvWorkspace<A> {
         let m = |r, c| Array2::zeros((r, c));
         self.sets.push(Buffers {
             n,
-            done: None,
+            done: false,
+            done_params: Vec::new(),
+            done_batch: Classification {
+                x: Array4::zeros((0, 1, 0, 0)),
+                y: Vec::new(),
+            },
             input: Vec::new(),
             blocks: (0..net.blocks)
                 .map(|b| Block::new(&net.geometry(n, b), f))
@@ -697,7 +731,7 @@ impl<A: Element> Objective<A> for ConvNet {
         self.forward(params, &batch.x, bufs, None);
         let loss = self.loss_into(&batch.y, bufs);
         self.backward(params, bufs, grad);
-        bufs.done = Some((params.to_vec(), batch.clone()));
+        bufs.remember(params, batch);
         loss
     }
 
@@ -715,21 +749,13 @@ impl<A: Element> Objective<A> for ConvNet {
             panic!("ConvNet: {e}");
         }
         let bufs = ws.buffers(self, batch.y.len());
-        let reuse = bufs.done.as_ref().is_some_and(|(p, b)| {
-            p.len() == params.len()
-                && p.iter()
-                    .zip(params)
-                    .all(|(a, b)| a.shape() == b.shape() && same_bits(a.iter(), b.iter()))
-                && b.y == batch.y
-                && same_bits(b.x.iter(), batch.x.iter())
-        });
-        if !reuse {
+        if !bufs.holds(params, batch) {
             self.forward(params, &batch.x, bufs, None);
             self.loss_into(&batch.y, bufs);
             // The gradient itself is not needed, only the intermediates:
             // hv serves as its scratch and is overwritten by the R pass.
             self.backward(params, bufs, hv);
-            bufs.done = Some((params.to_vec(), batch.clone()));
+            bufs.remember(params, batch);
         }
         self.r_pass(params, v, bufs, hv);
     }

@@ -46,8 +46,8 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
     metasgd_kernels::testdata::values(n, seed, 0)
 }
 
-fn config(k: usize) -> metasgd::MetaSGD<f32> {
-    metasgd::MetaSGD::new(LR as f32)
+fn config(k: usize) -> metasgd::MetaSGDConfig<f32> {
+    metasgd::MetaSGDConfig::new(LR as f32)
         .with_alpha_lr(BETA as f32)
         .with_inner_steps(k)
 }
@@ -93,7 +93,7 @@ impl NdarrayRun {
                 .enumerate()
                 .map(|(i, s)| arr(s, 1000 + i as u64))
                 .collect(),
-            opt: config(k),
+            opt: metasgd::MetaSGD::from_config(config(k)),
         }
     }
 
@@ -376,7 +376,7 @@ impl BurnRun {
 
 fn burn_rows(shapes: &[Vec<usize>], k: usize, rounds: usize) -> Vec<(&'static str, f64)> {
     let grads = BurnGrads::new(shapes);
-    let meta = metasgd_burn::MetaSGD::from_config(&config(k));
+    let meta = metasgd_burn::MetaSGD::new(config(k));
     let mut adapter = BurnRun {
         model: Some(burn_model(shapes)),
         optim: meta.init(),

@@ -170,9 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let half = epochs / 2;
     let model_file = args.out.join("fashion-mnist-burn-model.bpk");
     let optim_file = args.out.join("fashion-mnist-burn-metasgd.bpk");
-    let meta = metasgd_burn::MetaSGD::new()
-        .with_inner_steps(1)
-        .with_alpha_lr(args.alpha_lr);
+    let meta = metasgd_burn::MetaSGD::new(
+        metasgd_core::MetaSGDConfig::<f64>::default()
+            .with_inner_steps(1)
+            .with_alpha_lr(args.alpha_lr),
+    );
     let mut optim = meta.init();
     let mut net = init.clone();
     let mut acc = Vec::new();

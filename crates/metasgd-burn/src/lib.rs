@@ -11,7 +11,7 @@
 //!
 //! let device = Device::flex().autodiff();
 //! let w = Param::from_tensor(Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device));
-//! let meta = MetaSGD::new().with_inner_steps(1);
+//! let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f32>::default().with_inner_steps(1));
 //! let mut optim: ModuleOptimizer = meta.clone().into();
 //! let grads = w.val().powf_scalar(2.0).sum().backward(); // d/dw = 2w
 //! let grads = GradientsParams::from_grads(grads, &w);
@@ -57,11 +57,11 @@
 //! # use burn::optim::{GradientsParams, ModuleOptimizer};
 //! # use burn::tensor::{Device, Tensor};
 //! use metasgd_burn::MetaSGD;
-//! use metasgd_core::{NonFinitePolicy, Verdict};
+//! use metasgd_core::{MetaSGDConfig, NonFinitePolicy, Verdict};
 //!
 //! # let device = Device::flex().autodiff();
 //! # let w = Param::from_tensor(Tensor::<1>::from_floats([1.0, 2.0], &device));
-//! let meta = MetaSGD::new().with_non_finite(NonFinitePolicy::Error);
+//! let meta = MetaSGD::new(MetaSGDConfig::<f32>::default().with_non_finite(NonFinitePolicy::Error));
 //! let mut optim: ModuleOptimizer = meta.clone().into();
 //! let grads = w.val().log().sum().mul_scalar(0.0).backward(); // finite
 //! let grads = GradientsParams::from_grads(grads, &w);
@@ -88,7 +88,7 @@ use burn::optim::{
     GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
 };
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use metasgd_core::{Backend, MAX_COUNT, NonFinitePolicy, Verdict};
+use metasgd_core::{MAX_COUNT, MetaSGDConfig, NonFinitePolicy, Verdict};
 use metasgd_kernels::Element;
 
 /// At most this many errors are kept between two [`MetaSGD::take_errors`]
@@ -135,10 +135,10 @@ impl BurnElement for f64 {}
 /// after handing the other to a [`ModuleOptimizer`].
 #[derive(Clone, Debug)]
 pub struct MetaSGD {
-    alpha_lr: f64,
-    inner_steps: usize,
-    non_finite: NonFinitePolicy,
-    backend: Backend,
+    /// The settings, in `f64` (a tensor's step converts them to its dtype;
+    /// `f32` settings round-trip exactly). `base_lr` is not used: burn's
+    /// `lr` of each step is the base rate.
+    config: MetaSGDConfig<f64>,
     errors: Arc<Mutex<Errors>>,
 }
 
@@ -149,70 +149,27 @@ struct Errors {
 }
 
 impl Default for MetaSGD {
+    /// [`MetaSGDConfig::default`]'s settings.
     fn default() -> Self {
-        Self::new()
+        Self::new(MetaSGDConfig::<f64>::default())
     }
 }
 
 impl MetaSGD {
-    /// The contract's defaults: `alpha_lr = 0.001`, `inner_steps = 5`,
-    /// [`Backend::Auto`], [`NonFinitePolicy::Propagate`]. The base rate is
-    /// burn's `lr` of each step.
-    pub fn new() -> Self {
-        let core = metasgd_core::MetaSGD::<f64>::new(1.0);
+    /// An optimizer with these settings (`alpha_lr`, inner steps, backend,
+    /// non-finite policy; the base rate is burn's `lr` of each step, so
+    /// `config.base_lr` is not used). Settings are checked by every step
+    /// ([`MetaSGDConfig::validate`]); a step they refuse is recorded.
+    pub fn new<A: Element>(config: MetaSGDConfig<A>) -> Self {
         Self {
-            alpha_lr: core.get_alpha_lr(),
-            inner_steps: core.get_inner_steps(),
-            non_finite: core.get_non_finite(),
-            backend: core.get_backend(),
+            config: config.cast(),
             errors: Arc::default(),
         }
     }
 
-    /// The settings of a core optimizer (its base rate is not used: burn
-    /// passes `lr` to every step).
-    pub fn from_config<A: Element>(config: &metasgd_core::MetaSGD<A>) -> Self {
-        Self::new()
-            .with_alpha_lr(
-                num_traits::ToPrimitive::to_f64(&config.get_alpha_lr()).unwrap_or(f64::NAN),
-            )
-            .with_inner_steps(config.get_inner_steps())
-            .with_non_finite(config.get_non_finite())
-            .with_backend(config.get_backend())
-    }
-
-    /// The learning rate of the learning rates (`beta`).
-    pub fn with_alpha_lr(mut self, alpha_lr: f64) -> Self {
-        self.alpha_lr = alpha_lr;
-        self
-    }
-
-    /// Inner updates per step (`K`; 0 is stored as 1).
-    pub fn with_inner_steps(mut self, inner_steps: usize) -> Self {
-        self.inner_steps = metasgd_kernels::inner_steps(inner_steps);
-        self
-    }
-
-    /// What a non-finite gradient does.
-    pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
-        self.non_finite = policy;
-        self
-    }
-
-    /// Which kernels run the update.
-    pub fn with_backend(mut self, backend: Backend) -> Self {
-        self.backend = backend;
-        self
-    }
-
-    /// `alpha_lr`.
-    pub fn get_alpha_lr(&self) -> f64 {
-        self.alpha_lr
-    }
-
-    /// `inner_steps`.
-    pub fn get_inner_steps(&self) -> usize {
-        self.inner_steps
+    /// The settings (in `f64`).
+    pub fn config(&self) -> &MetaSGDConfig<f64> {
+        &self.config
     }
 
     /// A [`ModuleOptimizer`] running this optimizer on every parameter.
@@ -241,13 +198,9 @@ impl MetaSGD {
         }
     }
 
-    /// The core optimizer with these settings at base rate `lr`, for `A`.
-    fn core<A: Element>(&self, lr: f64) -> metasgd_core::MetaSGD<A> {
-        metasgd_core::MetaSGD::new(A::from(lr).unwrap_or_else(A::nan))
-            .with_alpha_lr(A::from(self.alpha_lr).unwrap_or_else(A::nan))
-            .with_inner_steps(self.inner_steps)
-            .with_backend(self.backend)
-            .with_non_finite(self.non_finite)
+    /// The settings in `A` at base rate `lr` (a copy of a few numbers).
+    fn config_as<A: Element>(&self, lr: f64) -> MetaSGDConfig<A> {
+        self.config.with_base_lr(lr).cast()
     }
 
     /// Checks a whole step of `module` before it is taken: every parameter
@@ -263,19 +216,21 @@ impl MetaSGD {
         module: &M,
         grads: &GradientsParams,
     ) -> Result<Verdict, Error> {
-        let core = self.core::<f64>(lr);
-        core.validate_settings().map_err(|source| Error::Step {
-            tensor: "settings".into(),
-            source,
-        })?;
+        let policy = self.config.non_finite;
+        self.config_as::<f64>(lr)
+            .validate()
+            .map_err(|source| Error::Step {
+                tensor: "settings".into(),
+                source,
+            })?;
         let mut checker = Checker {
             grads,
-            policy: self.non_finite,
+            policy,
             first: Ok(None),
         };
         module.visit(&mut checker);
         match checker.first? {
-            Some(_) if self.non_finite == NonFinitePolicy::Skip => Ok(Verdict::Skip),
+            Some(_) if policy == NonFinitePolicy::Skip => Ok(Verdict::Skip),
             _ => Ok(Verdict::Step),
         }
     }
@@ -294,8 +249,8 @@ impl MetaSGD {
             tensor: name(),
             problem,
         };
-        let core = self.core::<A>(lr);
-        let mut problem = core.validate_settings().err().map(|source| Error::Step {
+        let config = self.config_as::<A>(lr);
+        let mut problem = config.validate().err().map(|source| Error::Step {
             tensor: name(),
             source,
         });
@@ -310,21 +265,22 @@ impl MetaSGD {
         if let Some(e) = problem {
             return Err(Box::new((tensor, state, e)));
         }
+        let step_error = |source| Error::Step {
+            tensor: name(),
+            source,
+        };
+        let not_a = || fail(format!("a buffer is not of dtype {:?}", A::dtype()));
         let grad = Lent::new(grad);
-        let verdict = match self.non_finite.verdict(|| {
-            metasgd_kernels::scalar::first_non_finite(grad.values::<A>()).map(|i| (0, i))
-        }) {
+        let verdict = match grad.values::<A>() {
+            Some(g) => config
+                .non_finite
+                .verdict(|| metasgd_kernels::scalar::first_non_finite(g).map(|i| (0, i)))
+                .map_err(step_error),
+            None => Err(not_a()),
+        };
+        let verdict = match verdict {
             Ok(v) => v,
-            Err(source) => {
-                return Err(Box::new((
-                    tensor,
-                    state,
-                    Error::Step {
-                        tensor: name(),
-                        source,
-                    },
-                )));
-            }
+            Err(e) => return Err(Box::new((tensor, state, e))),
         };
         let device = tensor.device();
         let a_lr = A::from(lr).unwrap_or_else(A::nan);
@@ -343,33 +299,42 @@ impl MetaSGD {
             },
         };
         let mut rates = Lent::new(state.rates);
-        if state.lr != lr {
-            let old = A::from(state.lr).unwrap_or_else(A::nan);
-            metasgd_kernels::scalar::rescale(rates.values_mut::<A>(), a_lr / old);
-            state.lr = lr;
-        }
         let mut theta = Lent::new(tensor);
-        match verdict {
-            Verdict::Skip => state.skipped += 1,
-            _ => {
-                let core = core.with_non_finite(NonFinitePolicy::Propagate);
-                let (t, a) = (theta.values_mut::<A>(), rates.values_mut::<A>());
-                if let Err(source) = core.step_slices(t, a, grad.values::<A>()) {
-                    // Not reached: everything the core checks was checked
-                    // above. The rates keep their rescale (the state is
-                    // coherent with `lr`), the parameter is unchanged.
-                    state.rates = rates.into_tensor(&device);
-                    let error = Error::Step {
-                        tensor: name(),
-                        source,
-                    };
-                    return Err(Box::new((theta.into_tensor(&device), Some(state), error)));
+        let buffers = (
+            theta.values_mut::<A>(),
+            rates.values_mut::<A>(),
+            grad.values::<A>(),
+        );
+        let outcome = match buffers {
+            (Some(t), Some(a), Some(g)) => {
+                if state.lr != lr {
+                    let old = A::from(state.lr).unwrap_or_else(A::nan);
+                    metasgd_core::rescale_rates(a, old, a_lr);
+                    state.lr = lr;
                 }
-                state.steps += 1;
+                match verdict {
+                    Verdict::Skip => {
+                        state.skipped += 1;
+                        Ok(())
+                    }
+                    // The policy was applied above; the kernels run
+                    // unconditionally. An error is not reached: everything
+                    // the core checks was checked above.
+                    Verdict::Step => config
+                        .with_non_finite(NonFinitePolicy::Propagate)
+                        .step_slices(t, a, g)
+                        .map(|_| state.steps += 1)
+                        .map_err(step_error),
+                }
             }
-        }
+            _ => Err(not_a()),
+        };
         state.rates = rates.into_tensor(&device);
-        Ok((theta.into_tensor(&device), state))
+        let theta = theta.into_tensor(&device);
+        match outcome {
+            Ok(()) => Ok((theta, state)),
+            Err(e) => Err(Box::new((theta, Some(state), e))),
+        }
     }
 }
 
@@ -554,7 +519,9 @@ impl<const D: usize> MetaSGDState<D> {
         };
         if let Some((i, v)) = bad {
             return Err(format!(
-                "rate {v} at flat index {i} is outside [1e-8, 10] and not NaN"
+                "rate {v} at flat index {i} breaks the rate rule (within [{}, {}], or NaN)",
+                f64::LO,
+                f64::HI
             ));
         }
         if !(lr.is_finite() && lr > 0.0) {
@@ -658,20 +625,26 @@ impl Lent {
         }
     }
 
-    fn values<A: BurnElement>(&self) -> &[A] {
+    /// The values as `A`; `None` if the buffer holds another dtype.
+    fn values<A: BurnElement>(&self) -> Option<&[A]> {
         match self {
-            Lent::Flex(p) => &p.storage::<A>()[..p.layout().num_elements()],
-            Lent::Data(d) => d.as_slice::<A>().unwrap_or(&[]),
+            Lent::Flex(p) if p.dtype() == A::dtype() => {
+                Some(&p.storage::<A>()[..p.layout().num_elements()])
+            }
+            Lent::Flex(_) => None,
+            Lent::Data(d) => d.as_slice::<A>().ok(),
         }
     }
 
-    fn values_mut<A: BurnElement>(&mut self) -> &mut [A] {
+    /// The values as `A`, mutably; `None` if the buffer holds another dtype.
+    fn values_mut<A: BurnElement>(&mut self) -> Option<&mut [A]> {
         match self {
-            Lent::Flex(p) => {
+            Lent::Flex(p) if p.dtype() == A::dtype() => {
                 let n = p.layout().num_elements();
-                &mut p.storage_mut::<A>()[..n]
+                Some(&mut p.storage_mut::<A>()[..n])
             }
-            Lent::Data(d) => d.as_mut_slice::<A>().unwrap_or(&mut []),
+            Lent::Flex(_) => None,
+            Lent::Data(d) => d.as_mut_slice::<A>().ok(),
         }
     }
 

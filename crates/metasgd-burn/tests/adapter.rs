@@ -154,7 +154,11 @@ where
 {
     // Three inner steps, a schedule that halves the rate after two steps.
     let lrs = [0.05, 0.05, 0.025, 0.025, 0.1];
-    let meta = MetaSGD::new().with_alpha_lr(0.01).with_inner_steps(3);
+    let meta = MetaSGD::new(
+        metasgd_core::MetaSGDConfig::<f64>::default()
+            .with_alpha_lr(0.01)
+            .with_inner_steps(3),
+    );
     let config = metasgd_core::MetaSGD::<A>::new(A::from(lrs[0]).unwrap())
         .with_alpha_lr(A::from(0.01).unwrap())
         .with_inner_steps(3);
@@ -186,7 +190,7 @@ fn address<const D: usize>(t: &Tensor<D>) -> usize {
 
 #[test]
 fn flex_parameters_are_updated_in_their_own_buffers() {
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let mut optim = meta.init();
     let mut n = net(DType::F32);
     for step in 0..3 {
@@ -202,7 +206,11 @@ fn flex_parameters_are_updated_in_their_own_buffers() {
 
 #[test]
 fn a_record_saved_with_burn_reloads_to_the_same_next_steps() {
-    let meta = MetaSGD::new().with_alpha_lr(0.05).with_inner_steps(2);
+    let meta = MetaSGD::new(
+        metasgd_core::MetaSGDConfig::<f64>::default()
+            .with_alpha_lr(0.05)
+            .with_inner_steps(2),
+    );
     let (n, optim) = burn_run(&meta, DType::F32, &[0.1, 0.1, 0.05]);
     let dir = std::env::temp_dir().join(format!("metasgd-burn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -236,7 +244,7 @@ fn a_record_saved_with_burn_reloads_to_the_same_next_steps() {
 /// others step: burn steps one parameter at a time) and that the error says
 /// why.
 fn refused(n: Net, g: GradientsParams, bad: usize, expect: &str) {
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let mut optim = meta.init();
     let before = bits(&params::<f32>(&n));
     let err = meta.check(0.01, &n, &g).unwrap_err();
@@ -270,7 +278,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     refused(n, g, 0, "the gradient has dtype F64, the parameter F32");
 
     // Half precision parameters (the adapter steps f32 and f64).
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let mut optim = meta.init();
     let n = net(DType::F16);
     let g = grads(&n, 0, DType::F16);
@@ -298,7 +306,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 fn invalid_settings_and_rates_are_refused() {
     let n = net(DType::F32);
     let before = bits(&params::<f32>(&n));
-    let meta = MetaSGD::new().with_alpha_lr(-1.0);
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default().with_alpha_lr(-1.0));
     let mut optim = meta.init();
     let g = grads(&n, 0, DType::F32);
     assert!(matches!(meta.check(0.01, &n, &g), Err(Error::Step { .. })));
@@ -308,7 +316,7 @@ fn invalid_settings_and_rates_are_refused() {
 
     // A zero base rate from a scheduler is refused; the learned rates stay:
     // the next valid step is the one of a run that never saw it.
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let (n, mut optim) = burn_run(&meta, DType::F32, &[0.01]);
     let p = params::<f32>(&n);
     let g = grads(&n, 1, DType::F32);
@@ -342,7 +350,7 @@ type Edit = Box<dyn FnOnce(&mut StateSink)>;
 
 #[test]
 fn a_corrupt_record_is_refused_not_reset() {
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let n = net(DType::F32);
     let g = grads(&n, 0, DType::F32);
     let (w, state) = Optimizer::step(
@@ -435,14 +443,18 @@ fn non_finite_gradients_follow_the_policy() {
     let n = net(DType::F32);
     let before = bits(&params::<f32>(&n));
 
-    let error = MetaSGD::new().with_non_finite(NonFinitePolicy::Error);
+    let error = MetaSGD::new(
+        metasgd_core::MetaSGDConfig::<f64>::default().with_non_finite(NonFinitePolicy::Error),
+    );
     let err = error.check(0.01, &n, &bad(&n)).unwrap_err();
     assert!(
         err.to_string().contains("not finite at flat index 2"),
         "{err}"
     );
 
-    let skip = MetaSGD::new().with_non_finite(NonFinitePolicy::Skip);
+    let skip = MetaSGD::new(
+        metasgd_core::MetaSGDConfig::<f64>::default().with_non_finite(NonFinitePolicy::Skip),
+    );
     assert_eq!(skip.check(0.01, &n, &bad(&n)).unwrap(), Verdict::Skip);
     assert_eq!(
         skip.check(0.01, &n, &grads(&n, 0, DType::F32)).unwrap(),
@@ -481,7 +493,7 @@ fn non_finite_gradients_follow_the_policy() {
 
 #[test]
 fn a_parameter_without_gradient_keeps_values_and_state() {
-    let meta = MetaSGD::new();
+    let meta = MetaSGD::new(metasgd_core::MetaSGDConfig::<f64>::default());
     let mut optim = meta.init();
     let mut n = net(DType::F32);
     let s0 = params::<f32>(&n)[2].clone();

@@ -146,8 +146,8 @@ fn bits(vars: &[(String, Var)]) -> candle_core::Result<Vec<u32>> {
     Ok(out)
 }
 
-fn config(args: &Common) -> metasgd_core::MetaSGD<f32> {
-    metasgd_core::MetaSGD::new(args.base_lr as f32)
+fn config(args: &Common) -> metasgd_core::MetaSGDConfig<f32> {
+    metasgd_core::MetaSGDConfig::new(args.base_lr as f32)
         .with_inner_steps(1)
         .with_alpha_lr(args.alpha_lr as f32)
 }
@@ -227,7 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<candle_core::Result<_>>()?;
     let (net2, vars2) = model(&saved)?;
     let mut opt2 =
-        metasgd_candle::MetaSGD::new(vars2.iter().map(|(_, v)| v.clone()).collect(), core)?;
+        metasgd_candle::MetaSGD::from_state(vars2.iter().map(|(_, v)| v.clone()).collect(), core)?;
     for e in half..epochs {
         bar.set_message(format!("resumed epoch {}", e + 1));
         epoch(&net2, &mut opt2, &train, &args, e, &bar)?;

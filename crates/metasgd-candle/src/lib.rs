@@ -17,7 +17,7 @@
 //!
 //! # fn main() -> candle_core::Result<()> {
 //! let w = Var::from_tensor(&Tensor::new(&[1.0_f32, 2.0, 3.0], &Device::Cpu)?)?;
-//! let config = metasgd_core::MetaSGD::new(0.01_f32).with_inner_steps(1);
+//! let config = metasgd_core::MetaSGDConfig::new(0.01_f32).with_inner_steps(1);
 //! let mut opt = MetaSGD::new(vec![w.clone()], config)?;
 //! let loss = w.as_tensor().sqr()?.sum_all()?; // d/dw = 2w
 //! opt.backward_step(&loss)?;
@@ -157,15 +157,13 @@ impl<A: CandleElement> candle_nn::Optimizer for MetaSGD<A>
 where
     metasgd_core::MetaSGD<A>: metasgd_core::Optimizer<A, IxDyn>,
 {
-    /// The core optimizer, used as the template that carries every setting
-    /// (base rate, `alpha_lr`, inner steps, non-finite policy, backend) and,
-    /// if it has rates already (one slot per var), those rates.
-    type Config = metasgd_core::MetaSGD<A>;
+    /// The settings (base rate, `alpha_lr`, inner steps, non-finite
+    /// policy, backend): the rates start at the base rate on the first step.
+    /// Rates learned elsewhere go through [`MetaSGD::from_state`].
+    type Config = metasgd_core::MetaSGDConfig<A>;
 
     fn new(vars: Vec<Var>, config: Self::Config) -> candle_core::Result<Self> {
-        check_vars::<A>(&vars)?;
-        check_slots(&vars, &config)?;
-        Ok(Self { vars, opt: config })
+        Self::from_state(vars, metasgd_core::MetaSGD::from_config(config))
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
@@ -209,6 +207,33 @@ where
 }
 
 impl<A: CandleElement> MetaSGD<A> {
+    /// An optimizer for `vars` that goes on from a core optimizer's state:
+    /// its settings, counters and, if it has any, its rates (one slot per
+    /// var, of its shape, checked here), such as rates learned by
+    /// `metasgd::meta::MetaLearner` or loaded from a checkpoint.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor, Var};
+    /// use metasgd_candle::MetaSGD;
+    /// use ndarray::{ArrayD, IxDyn};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let w = Var::from_tensor(&Tensor::new(&[1.0_f32, 2.0], &Device::Cpu)?)?;
+    /// let rates = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.5_f32, 0.01])?;
+    /// let state = metasgd_core::MetaSGD::new(0.1_f32).with_per_param_lrs(vec![rates])?;
+    /// let opt = MetaSGD::from_state(vec![w], state)?;
+    /// assert_eq!(opt.state().per_param_lrs()[0][0], 0.5);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_state(
+        vars: Vec<Var>,
+        state: metasgd_core::MetaSGD<A>,
+    ) -> candle_core::Result<Self> {
+        check_vars::<A>(&vars)?;
+        check_slots(&vars, &state)?;
+        Ok(Self { vars, opt: state })
+    }
+
     /// The core optimizer: its settings, counters and rates (slot `j` is var `j`).
     pub fn state(&self) -> &metasgd_core::MetaSGD<A> {
         &self.opt
@@ -231,9 +256,7 @@ impl<A: CandleElement> MetaSGD<A> {
     /// the rates must be one slot per var, of its shape (or none yet).
     pub fn load_state(vars: Vec<Var>, path: impl AsRef<Path>) -> candle_core::Result<Self> {
         let opt = metasgd_core::MetaSGD::<A>::load_state(path).map_err(candle_core::Error::wrap)?;
-        check_vars::<A>(&vars)?;
-        check_slots(&vars, &opt)?;
-        Ok(Self { vars, opt })
+        Self::from_state(vars, opt)
     }
 }
 

@@ -51,8 +51,8 @@ fn buffer(t: &Tensor) -> usize {
     }
 }
 
-fn config<A: CandleElement>() -> metasgd_core::MetaSGD<A> {
-    metasgd_core::MetaSGD::new(A::from(0.05).unwrap())
+fn config<A: CandleElement>() -> metasgd_core::MetaSGDConfig<A> {
+    metasgd_core::MetaSGDConfig::new(A::from(0.05).unwrap())
         .with_alpha_lr(A::from(0.3).unwrap())
         .with_inner_steps(3)
 }
@@ -80,7 +80,7 @@ where
         .zip(&init)
         .map(|(s, v)| ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap())
         .collect();
-    let mut core = config::<A>();
+    let mut core = metasgd_core::MetaSGD::from_config(config::<A>());
     for step in 0..4 {
         let mut grads = GradStore::default();
         let mut nd = Vec::new();
@@ -123,7 +123,8 @@ fn bitwise_equal_to_step_list_inplace_in_the_vars_own_buffers() {
 fn backward_step_trains() {
     // Fit w to 3: loss (w - 3)^2, gradient from candle's autograd.
     let w = Var::from_tensor(&Tensor::new(&[0.0_f32, 1.0], &Device::Cpu).unwrap()).unwrap();
-    let mut opt = MetaSGD::new(vec![w.clone()], metasgd_core::MetaSGD::new(0.05_f32)).unwrap();
+    let mut opt =
+        MetaSGD::new(vec![w.clone()], metasgd_core::MetaSGDConfig::new(0.05_f32)).unwrap();
     for _ in 0..50 {
         let loss = (w.as_tensor() - 3.0)
             .unwrap()
@@ -156,11 +157,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     let v = f32_var();
     let e = MetaSGD::new(vec![v.clone(), v], config::<f32>()).unwrap_err();
     assert!(e.to_string().contains("listed again"), "{e}");
-    // Rates of another shape in the template.
-    let with_rates = config::<f32>()
+    // Rates of another shape in the state to go on from.
+    let with_rates = metasgd_core::MetaSGD::from_config(config::<f32>())
         .with_per_param_lrs(vec![ArrayD::from_elem(IxDyn(&[4]), 0.1_f32)])
         .unwrap();
-    assert!(MetaSGD::new(vec![f32_var()], with_rates).is_err());
+    assert!(MetaSGD::from_state(vec![f32_var()], with_rates).is_err());
 
     // A gradient of another shape or dtype, or a NaN under the Error
     // policy: an error, and no var, rate or counter moves.
@@ -312,7 +313,7 @@ fn many_vars_large_and_strided_gradients() {
         .zip(&init)
         .map(|(s, v)| ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap())
         .collect();
-    let mut core = config::<f32>();
+    let mut core = metasgd_core::MetaSGD::from_config(config::<f32>());
     let mut views: Vec<_> = params.iter_mut().map(|p| p.view_mut()).collect();
     let gv: Vec<_> = nd.iter().map(|g| g.view()).collect();
     core.step_list_inplace(&mut views, &gv).unwrap();

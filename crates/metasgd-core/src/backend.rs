@@ -6,6 +6,11 @@ use crate::{Error, Result};
 
 /// Which kernel runs a step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum Backend {
     /// Picks per call: parallel above a measured size when the current rayon
@@ -18,6 +23,53 @@ pub enum Backend {
     Simd,
     /// Chunks on the caller's rayon pool (`parallel` feature).
     Parallel,
+}
+
+/// A choice stored by name (a checkpoint's `__metadata__`; serde derives
+/// the same lowercase names, which a test checks).
+pub(crate) trait Named: Copy + PartialEq + Sized + 'static {
+    /// Every value with its name.
+    const NAMES: &'static [(&'static str, Self)];
+
+    /// This value's name.
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// The value named `text`, or why there is none (for field `what`).
+    fn from_name(what: &str, text: &str) -> Result<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == text)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+                Error::invalid_checkpoint(
+                    what,
+                    format!("unknown value {text:?} ({})", all.join(", ")),
+                )
+            })
+    }
+}
+
+impl Named for Backend {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("auto", Backend::Auto),
+        ("scalar", Backend::Scalar),
+        ("simd", Backend::Simd),
+        ("parallel", Backend::Parallel),
+    ];
+}
+
+impl Named for NonFinitePolicy {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("propagate", NonFinitePolicy::Propagate),
+        ("skip", NonFinitePolicy::Skip),
+        ("error", NonFinitePolicy::Error),
+    ];
 }
 
 impl Backend {
@@ -51,6 +103,11 @@ impl Backend {
 
 /// What a step does when a gradient holds NaN or an infinity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum NonFinitePolicy {
     /// Compute as usual: NaN flows into the parameters and learning rates.

@@ -64,7 +64,7 @@ impl<A: Element> MetaSGD<A> {
         let alpha = match self.slots.first() {
             Some(a) => a.view(),
             None => {
-                fresh = ArrayD::from_elem(params.shape(), self.settings.base_lr);
+                fresh = ArrayD::from_elem(params.shape(), self.config.base_lr);
                 fresh.view()
             }
         };
@@ -76,17 +76,17 @@ impl<A: Element> MetaSGD<A> {
         let mut t = params.clone();
         let mut c = Array::<A, D>::zeros(params.raw_dim());
         let mut g_last = None;
-        for _ in 0..self.settings.inner_steps {
+        for _ in 0..self.config.inner_steps {
             let g = grad_fn(&t)?;
             if g.shape() != t.shape() {
                 return Err(shape_error(t.shape(), g.shape()));
             }
             let verdict = self
-                .settings
+                .config
                 .non_finite
                 .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
             if verdict == Verdict::Skip {
-                self.settings.skipped_steps += 1;
+                self.skipped_steps += 1;
                 return Ok(params.clone());
             }
             Zip::from(&mut t)
@@ -97,7 +97,7 @@ impl<A: Element> MetaSGD<A> {
             g_last = Some(g);
         }
         // Nothing can fail past this point: commit.
-        let beta = self.settings.alpha_lr;
+        let beta = self.config.alpha_lr;
         let mut new_alpha = alpha.to_owned();
         if let Some(g) = &g_last {
             Zip::from(&mut new_alpha)
@@ -110,7 +110,7 @@ impl<A: Element> MetaSGD<A> {
             Some(slot) => slot.assign(&new_alpha),
             None => self.slots.push(new_alpha),
         }
-        self.settings.step_count += 1;
+        self.step_count += 1;
         Ok(t)
     }
 }

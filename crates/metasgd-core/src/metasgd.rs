@@ -1,11 +1,13 @@
 //! The Meta-SGD optimizer state.
 
-use metasgd_kernels::{Config, Element, Kernel, scalar};
+use metasgd_kernels::{Config, Element, Kernel};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
+use crate::config::{rescale_rates, valid_base_lr, valid_rate};
 use crate::layout::{self, Output, Target};
-use crate::schema::{MAX_INNER_STEPS, Settings, valid_rate};
-use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch, Verdict};
+use crate::{
+    Backend, Error, MetaSGDConfig, NonFinitePolicy, Optimizer, Result, StateMismatch, Verdict,
+};
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
 ///
@@ -63,8 +65,15 @@ use crate::{Backend, Error, NonFinitePolicy, Optimizer, Result, StateMismatch, V
 /// ```
 #[derive(Clone, Debug)]
 pub struct MetaSGD<A: Element> {
-    /// Every setting and counter: the one description in `schema.rs`.
-    pub(crate) settings: Settings<A>,
+    /// The settings.
+    pub(crate) config: MetaSGDConfig<A>,
+    /// The last `base_lr` that passed validation, which
+    /// `set_learning_rate` rescales from (absent before any).
+    pub(crate) last_valid_lr: Option<A>,
+    /// Successful steps.
+    pub(crate) step_count: usize,
+    /// Steps skipped under [`NonFinitePolicy::Skip`].
+    pub(crate) skipped_steps: usize,
     /// One array of per-parameter learning rates per slot.
     pub(crate) slots: Vec<ArrayD<A>>,
 }
@@ -90,91 +99,95 @@ impl<A: Element> MetaSGD<A> {
     ///
     /// An invalid `base_lr` (not finite, or `<= 0`) is reported by the first step.
     pub fn new(base_lr: A) -> Self {
-        Self::from_parts(
-            Settings {
-                base_lr,
-                last_valid_lr: valid_base_lr(base_lr).then_some(base_lr),
-                alpha_lr: A::from(0.001).unwrap_or(A::ZERO),
-                inner_steps: 5,
-                backend: Backend::Auto,
-                non_finite: NonFinitePolicy::Propagate,
-                step_count: 0,
-                skipped_steps: 0,
-            },
-            Vec::new(),
-        )
+        Self::from_config(MetaSGDConfig::new(base_lr))
     }
 
-    pub(crate) fn from_parts(settings: Settings<A>, slots: Vec<ArrayD<A>>) -> Self {
-        Self { settings, slots }
+    /// A new optimizer with these settings, no step taken, no rates learned
+    /// (an invalid setting is reported by the first step).
+    pub fn from_config(config: MetaSGDConfig<A>) -> Self {
+        Self {
+            config,
+            last_valid_lr: valid_base_lr(config.base_lr).then_some(config.base_lr),
+            step_count: 0,
+            skipped_steps: 0,
+            slots: Vec::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MetaSGDConfig<A> {
+        &self.config
     }
 
     /// Whether every setting and counter (everything but the rates) of the
     /// two optimizers is equal, bit for bit: how the shards of a sharded
     /// checkpoint are checked against each other.
     pub fn same_settings(&self, other: &Self) -> bool {
-        self.settings.same(&other.settings)
+        self.config.same_bits(&other.config)
+            && self.last_valid_lr.map(Element::bits) == other.last_valid_lr.map(Element::bits)
+            && self.step_count == other.step_count
+            && self.skipped_steps == other.skipped_steps
     }
 
     /// Sets the learning rate of the per-parameter learning rates (finite, `>= 0`).
     pub fn with_alpha_lr(mut self, alpha_lr: A) -> Self {
-        self.settings.alpha_lr = alpha_lr;
+        self.config = self.config.with_alpha_lr(alpha_lr);
         self
     }
 
     /// Sets the number of inner updates per step; 0 is stored as 1, and
-    /// more than [`MAX_INNER_STEPS`] is reported by the next step.
+    /// more than [`MAX_INNER_STEPS`](crate::MAX_INNER_STEPS) is reported by the next step.
     pub fn with_inner_steps(mut self, inner_steps: usize) -> Self {
-        self.settings.inner_steps = metasgd_kernels::inner_steps(inner_steps);
+        self.config = self.config.with_inner_steps(inner_steps);
         self
     }
 
     /// Chooses the kernel. A backend whose feature is compiled out makes every
     /// step return [`Error::BackendUnavailable`].
     pub fn with_backend(mut self, backend: Backend) -> Self {
-        self.settings.backend = backend;
+        self.config = self.config.with_backend(backend);
         self
     }
 
     /// Chooses what a step does with NaN or infinite gradients.
     pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
-        self.settings.non_finite = policy;
+        self.config = self.config.with_non_finite(policy);
         self
     }
 
     /// The base learning rate (the initial value of every `alpha`).
     pub fn get_base_lr(&self) -> A {
-        self.settings.base_lr
+        self.config.base_lr
     }
 
     /// The learning rate of the per-parameter learning rates.
     pub fn get_alpha_lr(&self) -> A {
-        self.settings.alpha_lr
+        self.config.alpha_lr
     }
 
     /// Inner updates per step.
     pub fn get_inner_steps(&self) -> usize {
-        self.settings.inner_steps
+        self.config.inner_steps
     }
 
     /// The backend chosen on the builder.
     pub fn get_backend(&self) -> Backend {
-        self.settings.backend
+        self.config.backend
     }
 
     /// The non-finite gradient policy chosen on the builder.
     pub fn get_non_finite(&self) -> NonFinitePolicy {
-        self.settings.non_finite
+        self.config.non_finite
     }
 
     /// Successful steps so far (one per `step`/`step_list` call, whatever the list length).
     pub fn get_step_count(&self) -> usize {
-        self.settings.step_count
+        self.step_count
     }
 
     /// Steps skipped under [`NonFinitePolicy::Skip`].
     pub fn skipped_steps(&self) -> usize {
-        self.settings.skipped_steps
+        self.skipped_steps
     }
 
     /// The per-parameter learning rates of slot 0, once a step has created them.
@@ -266,7 +279,7 @@ impl<A: Element> MetaSGD<A> {
         let Some(kernel) = self.admit(Ok(self.plan(verdict, total)))? else {
             return Ok(());
         };
-        let base = self.settings.base_lr;
+        let base = self.config.base_lr;
         if self.slots.is_empty() {
             self.slots.push(ArrayD::from_elem(IxDyn(&[total]), base));
         }
@@ -274,8 +287,8 @@ impl<A: Element> MetaSGD<A> {
         if slot.as_slice().is_none() {
             *slot = slot.as_standard_layout().into_owned();
         }
-        let cfg = self.config();
-        self.settings.step_count += 1;
+        let cfg = self.kernel_config();
+        self.step_count += 1;
         let mut alpha = self.slots[0]
             .as_slice_mut()
             .expect("a standard-layout slot is one slice");
@@ -288,20 +301,9 @@ impl<A: Element> MetaSGD<A> {
         Ok(())
     }
 
-    /// One step of one flat tensor whose rates the caller keeps, for a
-    /// framework that holds optimizer state per tensor (burn's
-    /// `Optimizer::State`): the settings of `self` (its slots and counters
-    /// are neither used nor changed; counting is the caller's), the
-    /// non-finite policy applied to `grad` alone, the kernel the backend
-    /// picks for `theta.len()` elements. The bits are those of
-    /// `step_inplace` with `alpha` as slot 0.
-    ///
-    /// Returns [`Verdict::Skip`] when the policy skips the step (nothing
-    /// changed). An error (settings, lengths, the policy) changes nothing;
-    /// slot 0 names the tensor. The rates are the caller's to keep within
-    /// the one rate rule, [`crate::valid_rate`] (the steps keep them there;
-    /// check what you load): they are not scanned here, so a step reads each
-    /// array once.
+    /// One step of one flat tensor whose rates the caller keeps: the
+    /// settings' [`MetaSGDConfig::step_slices`] (the slots and counters of
+    /// `self` are neither used nor changed).
     ///
     /// ```
     /// use metasgd_core::{MetaSGD, Verdict};
@@ -313,32 +315,7 @@ impl<A: Element> MetaSGD<A> {
     /// # Ok::<(), metasgd_core::Error>(())
     /// ```
     pub fn step_slices(&self, theta: &mut [A], alpha: &mut [A], grad: &[A]) -> Result<Verdict> {
-        self.check_settings()?;
-        if theta.len() != grad.len() {
-            return Err(Error::ShapeMismatch {
-                slot: 0,
-                params: vec![theta.len()],
-                gradients: vec![grad.len()],
-            });
-        }
-        if alpha.len() != theta.len() {
-            return Err(Error::StateMismatch(StateMismatch::Shape {
-                slot: 0,
-                state: vec![alpha.len()],
-                params: vec![theta.len()],
-            }));
-        }
-        let verdict = self
-            .settings
-            .non_finite
-            .verdict(|| scalar::first_non_finite(grad).map(|i| (0, i)))?;
-        if verdict == Verdict::Step {
-            let kernel = self.settings.backend.kernel(theta.len());
-            let update =
-                metasgd_kernels::Update::new(metasgd_kernels::Theta::InPlace(theta), alpha, grad);
-            metasgd_kernels::step(kernel, update, &self.config());
-        }
-        Ok(verdict)
+        self.config.step_slices(theta, alpha, grad)
     }
 
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
@@ -346,38 +323,20 @@ impl<A: Element> MetaSGD<A> {
         self.slots.clear();
     }
 
-    pub(crate) fn config(&self) -> Config<A> {
-        Config::new(self.settings.alpha_lr, self.settings.inner_steps)
+    pub(crate) fn kernel_config(&self) -> Config<A> {
+        self.config.kernel_config()
     }
 
-    /// Checks the hyperparameters and the backend as every step does
-    /// (`base_lr` finite and `> 0`, `alpha_lr` finite and `>= 0`, the
-    /// backend compiled in): lets a caller that coordinates several
-    /// optimizers (the sharded one) refuse a step before anything moves.
+    /// Checks the settings as every step does ([`MetaSGDConfig::validate`]):
+    /// lets a caller that coordinates several optimizers (the sharded one)
+    /// refuse a step before anything moves.
     pub fn validate_settings(&self) -> Result<()> {
         self.check_settings()
     }
 
-    /// The hyperparameters and the backend, checked before every step.
+    /// The settings, checked before every step.
     pub(crate) fn check_settings(&self) -> Result<()> {
-        if !valid_base_lr(self.settings.base_lr) {
-            return Err(invalid("base_lr", self.settings.base_lr, "finite and > 0"));
-        }
-        if !(self.settings.alpha_lr.is_finite() && self.settings.alpha_lr >= A::ZERO) {
-            return Err(invalid(
-                "alpha_lr",
-                self.settings.alpha_lr,
-                "finite and >= 0",
-            ));
-        }
-        if self.settings.inner_steps > MAX_INNER_STEPS {
-            return Err(Error::InvalidHyperparameter {
-                name: "inner_steps",
-                value: self.settings.inner_steps as f64,
-                requirement: "at most MAX_INNER_STEPS (1000)",
-            });
-        }
-        self.settings.backend.check()
+        self.config.validate()
     }
 
     /// Everything that can fail, checked before anything changes: the one
@@ -428,7 +387,7 @@ impl<A: Element> MetaSGD<A> {
             total += p.iter().product::<usize>();
         }
         let verdict = self
-            .settings
+            .config
             .non_finite
             .verdict(|| (0..n).find_map(|j| layout::first_non_finite(&grad(j)).map(|i| (j, i))))?;
         Ok(self.plan(verdict, total))
@@ -437,7 +396,7 @@ impl<A: Element> MetaSGD<A> {
     /// What a validated call of `total` elements runs: the kernel, or a skip.
     fn plan(&self, verdict: Verdict, total: usize) -> Plan {
         match verdict {
-            Verdict::Step => Plan::Run(self.settings.backend.kernel(total)),
+            Verdict::Step => Plan::Run(self.config.backend.kernel(total)),
             Verdict::Skip => Plan::Skip,
         }
     }
@@ -448,7 +407,7 @@ impl<A: Element> MetaSGD<A> {
         match plan? {
             Plan::Run(kernel) => Ok(Some(kernel)),
             Plan::Skip => {
-                self.settings.skipped_steps += 1;
+                self.skipped_steps += 1;
                 Ok(None)
             }
         }
@@ -464,7 +423,7 @@ impl<A: Element> MetaSGD<A> {
         params: impl Iterator<Item = ArrayView<'p, A, D>>,
     ) {
         if self.slots.is_empty() {
-            let base = self.settings.base_lr;
+            let base = self.config.base_lr;
             self.slots
                 .extend(params.map(|p| p.map(|_| base).into_dyn()));
             return;
@@ -489,27 +448,15 @@ impl<A: Element> MetaSGD<A> {
         targets: impl Iterator<Item = (Target<'a, A, D>, ArrayView<'a, A, D>)>,
     ) {
         let cfg = self
-            .config()
+            .kernel_config()
             .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
-        self.settings.step_count += 1;
+        self.step_count += 1;
         let updates = targets
             .zip(self.slots.iter_mut())
             .filter_map(|((target, grad), alpha)| {
                 layout::contiguous_or_strided(target, grad, alpha, kernel, &cfg)
             });
         metasgd_kernels::step_many(kernel, updates, &cfg);
-    }
-}
-
-pub(crate) fn valid_base_lr<A: Element>(lr: A) -> bool {
-    lr.is_finite() && lr > A::ZERO
-}
-
-fn invalid<A: Element>(name: &'static str, value: A, requirement: &'static str) -> Error {
-    Error::InvalidHyperparameter {
-        name,
-        value: value.to_f64().unwrap_or(f64::NAN),
-        requirement,
     }
 }
 
@@ -613,7 +560,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     }
 
     fn get_learning_rate(&self) -> A {
-        self.settings.base_lr
+        self.config.base_lr
     }
 
     /// Sets `base_lr` and rescales every learned `alpha` by `new / old`
@@ -635,19 +582,19 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// assert_eq!(alpha[0], 0.1 * (0.05 / 0.1));
     /// ```
     fn set_learning_rate(&mut self, learning_rate: A) {
-        self.settings.base_lr = learning_rate;
+        self.config.base_lr = learning_rate;
         if !valid_base_lr(learning_rate) {
             return;
         }
-        if let Some(old) = self.settings.last_valid_lr {
-            let factor = learning_rate / old;
+        if let Some(old) = self.last_valid_lr {
             for alpha in &mut self.slots {
-                match alpha.as_slice_memory_order_mut() {
-                    Some(s) => scalar::rescale(s, factor),
-                    None => alpha.mapv_inplace(|a| scalar::clamp(a * factor)),
+                if alpha.as_slice_memory_order().is_none() {
+                    *alpha = alpha.as_standard_layout().into_owned();
                 }
+                let rates = alpha.as_slice_memory_order_mut().expect("contiguous");
+                rescale_rates(rates, old, learning_rate);
             }
         }
-        self.settings.last_valid_lr = Some(learning_rate);
+        self.last_valid_lr = Some(learning_rate);
     }
 }

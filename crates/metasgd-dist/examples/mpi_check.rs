@@ -118,7 +118,7 @@ where
     MetaSGD<A>: Optimizer<A, IxDyn>,
 {
     let (rank, ranks) = (comm.rank(), comm.size());
-    let mut sharded = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
+    let mut sharded = ShardedMetaSGD::new(comm, *template::<A>(policy).config(), shapes.to_vec())
         .expect("same shapes on every rank")
         .with_bucket_elements(bucket);
     let mut params = reference::test_params::<A>(shapes);
@@ -282,9 +282,12 @@ fn main() {
             let dir = PathBuf::from(arg(&args, "--dir").expect("--dir"));
             let steps = num(&args, "--steps", 3);
             let shapes = shapes(num(&args, "--elements", 1000));
-            let mut sharded =
-                ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
-                    .expect("shapes");
+            let mut sharded = ShardedMetaSGD::new(
+                comm,
+                *template::<f32>(NonFinitePolicy::Skip).config(),
+                shapes.clone(),
+            )
+            .expect("shapes");
             let mut params = reference::test_params::<f32>(&shapes);
             for step in 0..steps {
                 let g = grads::<f32>(&shapes, rank, step, None);
@@ -302,9 +305,12 @@ fn main() {
             let kill = num(&args, "--kill-rank", 1);
             let shapes = shapes(num(&args, "--elements", 1000));
             let comm = Dying::new(comm, exit_rank);
-            let mut sharded =
-                ShardedMetaSGD::new(comm, template::<f32>(NonFinitePolicy::Skip), shapes.clone())
-                    .expect("shapes");
+            let mut sharded = ShardedMetaSGD::new(
+                comm,
+                *template::<f32>(NonFinitePolicy::Skip).config(),
+                shapes.clone(),
+            )
+            .expect("shapes");
             let mut params = reference::test_params::<f32>(&shapes);
             for step in 0..steps + more {
                 let g = grads::<f32>(&shapes, rank, step, None);

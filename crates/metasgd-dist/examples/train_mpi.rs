@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use metasgd_core::MetaSGD;
+use metasgd_core::MetaSGDConfig;
 use metasgd_dist::{Collective, MpiCollective, ShardedMetaSGD};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
@@ -86,11 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         (opt, p)
     } else {
-        let template = MetaSGD::new(0.05_f32)
+        let config = MetaSGDConfig::new(0.05_f32)
             .with_inner_steps(1)
             .with_alpha_lr(0.01);
         let p = shapes().iter().map(|s| ArrayD::zeros(IxDyn(s))).collect();
-        (ShardedMetaSGD::new(comm, template, shapes())?, p)
+        (ShardedMetaSGD::new(comm, config, shapes())?, p)
     };
     let (x, y) = data(rank);
     let start = opt.get_step_count();

@@ -46,9 +46,6 @@ use crate::agree::agree;
 use crate::sharded::{offsets, padding_rate};
 use crate::{Collective, Partition, ShardedMetaSGD};
 
-/// Committed generations kept on disk by default.
-pub(crate) const KEEP_LAST: usize = 2;
-
 /// The commit record's file name.
 pub const COMMIT_FILE: &str = "COMMIT";
 

@@ -35,7 +35,7 @@
 //!
 //! ```
 //! use metasgd_dist::{ShardedMetaSGD, ThreadGroup};
-//! use metasgd_core::MetaSGD;
+//! use metasgd_core::MetaSGDConfig;
 //! use ndarray::{ArrayD, IxDyn};
 //!
 //! let shapes = vec![vec![3, 4], vec![4], vec![]];
@@ -45,7 +45,7 @@
 //!         let shapes = shapes.clone();
 //!         s.spawn(move || {
 //!             let rank = comm.rank_index();
-//!             let mut opt = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+//!             let mut opt = ShardedMetaSGD::new(comm, MetaSGDConfig::new(0.01_f32), shapes.clone()).unwrap();
 //!             let mut params: Vec<ArrayD<f32>> =
 //!                 shapes.iter().map(|s| ArrayD::from_elem(IxDyn(s), 1.0)).collect();
 //!             // Each rank's gradients from its own data.

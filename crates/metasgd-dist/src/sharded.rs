@@ -1,6 +1,6 @@
 //! The sharded optimizer.
 
-use metasgd_core::{Error, MetaSGD, Optimizer, Result, StateMismatch, Verdict};
+use metasgd_core::{Error, MetaSGD, MetaSGDConfig, Optimizer, Result, StateMismatch, Verdict};
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
@@ -32,6 +32,9 @@ pub struct ShardedMetaSGD<A: Element, C: Collective> {
     theta: Vec<A>,
 }
 
+/// Committed generations kept on disk by default.
+pub(crate) const KEEP_LAST: usize = 2;
+
 /// Elements moved per collective call, all ranks together: the transient
 /// buffers hold two such buckets (8 MiB in f32), whatever the model size.
 pub const BUCKET_ELEMENTS: usize = 1 << 20;
@@ -59,14 +62,22 @@ pub(crate) fn offsets(shapes: &[Vec<usize>]) -> (Vec<usize>, usize) {
 
 impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     /// A sharded optimizer for tensors of `shapes` (the same on every rank,
-    /// in the same order), with the settings of `template` (base rate,
-    /// `alpha_lr`, inner steps, backend, non-finite policy). If `template`
-    /// has learned rates (one slot per shape), this rank keeps its shard of
-    /// them; otherwise they start at `base_lr` on the first step.
+    /// in the same order) with these settings; the rates start at
+    /// `base_lr` on the first step.
+    ///
+    /// Collective: every rank calls it.
+    pub fn new(comm: C, config: MetaSGDConfig<A>, shapes: Vec<Vec<usize>>) -> Result<Self> {
+        Self::from_state(comm, MetaSGD::from_config(config), shapes)
+    }
+
+    /// A sharded optimizer that goes on from `template`'s state: its
+    /// settings and counters and, if it has learned rates (one slot per
+    /// shape, such as rates learned by `metasgd::meta::MetaLearner`), this
+    /// rank's shard of them.
     ///
     /// Collective: every rank calls it. Errors (a template whose slots do
     /// not match `shapes`) are reported on every rank.
-    pub fn new(comm: C, template: MetaSGD<A>, shapes: Vec<Vec<usize>>) -> Result<Self> {
+    pub fn from_state(comm: C, template: MetaSGD<A>, shapes: Vec<Vec<usize>>) -> Result<Self> {
         let (offsets, total) = offsets(&shapes);
         let part = Partition::new(total, comm.size());
         let local = Self::shard_of_template(&template, &shapes, &part, comm.rank());
@@ -92,7 +103,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             shapes,
             offsets,
             part,
-            keep_last: crate::checkpoint::KEEP_LAST,
+            keep_last: KEEP_LAST,
             bucket,
             send: vec![A::ZERO; part.ranks * bucket],
             recv: vec![A::ZERO; part.ranks * bucket],

@@ -93,7 +93,7 @@ where
     let shapes = shapes();
     let out = on_ranks(2, |comm| {
         let me = comm.rank();
-        let mut o = ShardedMetaSGD::new(comm, template::<A>(), shapes.clone()).unwrap();
+        let mut o = ShardedMetaSGD::new(comm, *template::<A>().config(), shapes.clone()).unwrap();
         let mut p = init::<A>(&shapes);
         for s in 0..2 {
             step(&mut o, &mut p, s);
@@ -205,7 +205,7 @@ fn a_corrupt_shard_is_a_load_error_on_every_rank() {
     let dir = temp("corrupt");
     let shapes = shapes();
     on_ranks(2, |comm| {
-        let mut o = ShardedMetaSGD::new(comm, template::<f32>(), shapes.clone()).unwrap();
+        let mut o = ShardedMetaSGD::new(comm, *template::<f32>().config(), shapes.clone()).unwrap();
         let mut p = init::<f32>(&shapes);
         step(&mut o, &mut p, 0);
         o.save_state(&dir).unwrap();
@@ -264,7 +264,8 @@ fn every_single_bit_flip_of_a_shard_is_refused_or_harmless() {
         let d = dir.join(seed.to_string());
         on_ranks(ranks, |comm| {
             let rank = comm.rank();
-            let mut o = ShardedMetaSGD::new(comm, template::<f32>(), shapes.clone()).unwrap();
+            let mut o =
+                ShardedMetaSGD::new(comm, *template::<f32>().config(), shapes.clone()).unwrap();
             let mut p = init::<f32>(&shapes);
             for s in 0..(seed % 3) as usize {
                 let g = grads::<f32>(&shapes, rank, s, None);

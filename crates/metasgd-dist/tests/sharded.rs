@@ -92,7 +92,7 @@ fn check_buckets<A: Element>(
     );
     let got = on_ranks(ranks, |comm| {
         let rank = comm.rank();
-        let mut opt = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.to_vec())
+        let mut opt = ShardedMetaSGD::new(comm, *template::<A>(policy).config(), shapes.to_vec())
             .unwrap()
             .with_bucket_elements(bucket);
         // Transposed storage: the views below have the logical shapes but
@@ -211,7 +211,7 @@ fn a_bad_input_on_one_rank_fails_every_rank_and_changes_nothing() {
         let rank = comm.rank();
         let mut opt = ShardedMetaSGD::new(
             comm,
-            template::<f32>(NonFinitePolicy::Propagate),
+            *template::<f32>(NonFinitePolicy::Propagate).config(),
             shapes.clone(),
         )
         .unwrap();
@@ -254,7 +254,12 @@ fn a_bad_input_on_one_rank_fails_every_rank_and_changes_nothing() {
 fn memory_is_split() {
     let shapes = vec![vec![1000, 10], vec![10]];
     let sizes = on_ranks(4, |comm| {
-        let opt = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+        let opt = ShardedMetaSGD::new(
+            comm,
+            metasgd_core::MetaSGDConfig::new(0.01_f32),
+            shapes.clone(),
+        )
+        .unwrap();
         opt.alpha_bytes()
     });
     assert_eq!(sizes, vec![4 * 2503; 4]);
@@ -287,7 +292,8 @@ where
     }
     let mid = on_ranks(from, |comm| {
         let rank = comm.rank();
-        let mut o = ShardedMetaSGD::new(comm, template::<A>(policy), shapes.clone()).unwrap();
+        let mut o =
+            ShardedMetaSGD::new(comm, *template::<A>(policy).config(), shapes.clone()).unwrap();
         let mut p = init::<A>(&shapes);
         for step in 0..first {
             let g = grads::<A>(&shapes, rank, step, None);
@@ -338,7 +344,12 @@ fn loading_needs_every_shard() {
     std::fs::create_dir_all(&dir).unwrap();
     on_ranks(3, |comm| {
         let rank = comm.rank();
-        let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone()).unwrap();
+        let mut o = ShardedMetaSGD::new(
+            comm,
+            metasgd_core::MetaSGDConfig::new(0.01_f32),
+            shapes.clone(),
+        )
+        .unwrap();
         let mut p = init::<f32>(&shapes);
         let g = grads::<f32>(&shapes, rank, 0, None);
         let mut views: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
@@ -391,9 +402,13 @@ fn generations_are_kept_and_pre_commit_layouts_still_load() {
     let train = |ranks: usize, steps: usize, dir: &std::path::Path, keep: usize| {
         on_ranks(ranks, |comm| {
             let rank = comm.rank();
-            let mut o = ShardedMetaSGD::new(comm, MetaSGD::new(0.01_f32), shapes.clone())
-                .unwrap()
-                .with_keep_last(keep);
+            let mut o = ShardedMetaSGD::new(
+                comm,
+                metasgd_core::MetaSGDConfig::new(0.01_f32),
+                shapes.clone(),
+            )
+            .unwrap()
+            .with_keep_last(keep);
             let mut p = init::<f32>(&shapes);
             for step in 0..steps {
                 let g = grads::<f32>(&shapes, rank, step, None);

@@ -90,8 +90,8 @@
 pub use metasgd_core::kernels::{Element, SimdLevel, simd_level};
 pub use metasgd_core::ndarray;
 pub use metasgd_core::{
-    Backend, Error, FORMAT_VERSION, Loaded, MAX_COUNT, MAX_INNER_STEPS, MetaSGD, NonFinitePolicy,
-    OptimError, Optimizer, Result, StateMismatch, checkpoint,
+    Backend, Error, FORMAT_VERSION, Loaded, MAX_COUNT, MAX_INNER_STEPS, MetaSGD, MetaSGDConfig,
+    NonFinitePolicy, OptimError, Optimizer, Result, StateMismatch, checkpoint,
 };
 
 /// The slice kernels under [`MetaSGD`], for users who manage their own

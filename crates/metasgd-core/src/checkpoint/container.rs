@@ -225,6 +225,24 @@ impl Writer {
     }
 }
 
+/// A stored `format_version`: `1..=FORMAT_VERSION` (the checkpoint's and
+/// serde's one rule).
+pub(crate) fn parse_version(text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(n @ 1..=FORMAT_VERSION) => Ok(n),
+        Ok(n @ 1..) => Err(Error::invalid_checkpoint(
+            "format_version",
+            format!(
+                "{n} was written by a newer metasgd; this one reads versions up to {FORMAT_VERSION}"
+            ),
+        )),
+        _ => Err(Error::invalid_checkpoint(
+            "format_version",
+            format!("{text:?} is not a known version"),
+        )),
+    }
+}
+
 /// The header's bytes (after the 8-byte length), bounds checked.
 fn header_of(bytes: &[u8]) -> Result<&[u8]> {
     let len: [u8; 8] = bytes
@@ -349,24 +367,7 @@ impl<'a> Reader<'a> {
                 format!("{:?}, expected {format:?}", key("format")?),
             ));
         }
-        let v = key("format_version")?;
-        let version = match v.parse::<u32>() {
-            Ok(n) if n > FORMAT_VERSION => {
-                return Err(Error::invalid_checkpoint(
-                    "format_version",
-                    format!(
-                        "{n} was written by a newer metasgd; this one reads versions up to {FORMAT_VERSION}"
-                    ),
-                ));
-            }
-            Ok(n @ 1..) => n,
-            _ => {
-                return Err(Error::invalid_checkpoint(
-                    "format_version",
-                    format!("{v:?} is not a known version"),
-                ));
-            }
-        };
+        let version = parse_version(key("format_version")?)?;
         match (checked, version) {
             (true, 1) => {
                 return Err(Error::invalid_checkpoint(

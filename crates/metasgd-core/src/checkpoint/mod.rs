@@ -8,8 +8,9 @@
 //! carries a CRC32C of its header and of each tensor, verified before
 //! anything is decoded.
 
-mod container;
-mod state;
+pub(crate) mod container;
+mod files;
+pub(crate) mod state;
 
 use std::fs::File;
 use std::io::Write;

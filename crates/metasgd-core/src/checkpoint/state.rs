@@ -1,7 +1,8 @@
 //! The optimizer's checkpoint: [`MetaSGD`]'s state in the container.
 //!
-//! Layout (`format` = `metasgd`, `format_version` 2), derived from the
-//! schema (`schema.rs`), readable by any safetensors reader:
+//! Layout (`format` = `metasgd`, `format_version` 2), readable by any
+//! safetensors reader; [`MetaSGD::state_bytes_with`] and
+//! [`MetaSGD::from_state_bytes_with`] are its one mapping:
 //!
 //! | entry | where | what |
 //! |---|---|---|
@@ -16,26 +17,33 @@
 //! checksums or caller tensors) still load, unchecked.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 
 use metasgd_kernels::Element;
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{Reader, Writer, at_path, write_atomically};
-use crate::schema::{FIELDS, Kind, Settings, Value, valid_rate};
-use crate::{Error, MetaSGD, Result};
+use super::{Reader, Writer};
+use crate::backend::Named;
+use crate::config::{MAX_COUNT, MAX_INNER_STEPS, valid_base_lr, valid_rate};
+use crate::{Backend, Error, MetaSGD, MetaSGDConfig, NonFinitePolicy, Result};
 
 const FORMAT: &str = "metasgd";
+
+/// The float settings, stored as 0-d tensors of `A`.
+const FLOATS: [&str; 3] = ["base_lr", "alpha_lr", "last_valid_lr"];
+/// The counters, stored as 0-d `U64` tensors.
+const COUNTS: [&str; 3] = ["inner_steps", "step_count", "skipped_steps"];
+/// The choices, stored by name in `__metadata__`.
+const CHOICES: [&str; 2] = ["non_finite", "backend"];
 
 /// The caller's tensors as a checkpoint gives them back: each name with its
 /// array, in the order they were saved.
 pub type NamedTensors<A> = Vec<(String, ArrayD<A>)>;
 
-/// The format's own `__metadata__` keys besides the schema's choices.
+/// The format's own `__metadata__` keys besides the choices.
 const OWN_KEYS: [&str; 2] = ["dtype", "slots"];
 
 /// Prefix of the caller's tensors.
-const TENSOR_PREFIX: &str = "tensor.";
+pub(super) const TENSOR_PREFIX: &str = "tensor.";
 
 /// What a checkpoint holds besides the optimizer: see
 /// [`MetaSGD::from_state_bytes_with`].
@@ -50,124 +58,6 @@ pub struct Loaded<A: Element> {
 }
 
 impl<A: Element> MetaSGD<A> {
-    /// The state as the bytes of a checkpoint file (see [`MetaSGD::save_state`]).
-    ///
-    /// # Panics
-    /// If the header would exceed safetensors' 100 MB limit, which takes
-    /// more than a million slots; [`MetaSGD::save_state`] reports it as an
-    /// error instead.
-    pub fn state_bytes(&self) -> Vec<u8> {
-        match self.state_bytes_with(&[], &[]) {
-            Ok(bytes) => bytes,
-            Err(e) => panic!("cannot encode the optimizer state: {e}"),
-        }
-    }
-
-    /// An optimizer from the bytes of a checkpoint ([`MetaSGD::state_bytes`],
-    /// [`MetaSGD::save_state`], or another tool writing the same layout).
-    ///
-    /// The checksums are verified first, then every field: corrupt,
-    /// malformed or truncated bytes, another dtype than `A`, missing or
-    /// extra tensors, counters out of their bounds and versions from the
-    /// future are [`Error::InvalidCheckpoint`] errors naming the field. A
-    /// file with caller tensors is refused here: use
-    /// [`MetaSGD::from_state_bytes_with`].
-    pub fn from_state_bytes(bytes: &[u8]) -> Result<Self> {
-        let loaded = Self::from_state_bytes_with(bytes, &[])?;
-        if let Some((name, _)) = loaded.tensors.first() {
-            return Err(Error::invalid_checkpoint(
-                format!("{TENSOR_PREFIX}{name}"),
-                "the file also holds the caller's tensors: load it with load_state_with_tensors",
-            ));
-        }
-        Ok(loaded.optimizer)
-    }
-
-    /// Writes the state to `path` atomically: the bytes go to a temporary
-    /// file in the same directory, which is synced and then renamed over
-    /// `path` (and the directory synced). A process killed at any moment
-    /// leaves either the previous file or the new one, never a torn one.
-    ///
-    /// The file is safetensors with a CRC32C of its header and of every
-    /// tensor (the layout is in the README); [`MetaSGD::load_state`]
-    /// verifies them before it decodes anything.
-    ///
-    /// ```
-    /// use metasgd_core::{MetaSGD, Optimizer};
-    /// use ndarray::array;
-    ///
-    /// let dir = std::env::temp_dir().join(format!("metasgd-doc-{}", std::process::id()));
-    /// std::fs::create_dir_all(&dir)?;
-    /// let path = dir.join("opt.safetensors");
-    ///
-    /// let mut opt = MetaSGD::new(0.01_f32);
-    /// let mut params = array![1.0_f32, 2.0];
-    /// opt.step_inplace(params.view_mut(), array![0.5, -0.5].view())?;
-    /// opt.save_state(&path)?;
-    ///
-    /// let loaded = MetaSGD::<f32>::load_state(&path)?;
-    /// assert_eq!(loaded.get_step_count(), 1);
-    /// assert_eq!(loaded.per_param_lrs(), opt.per_param_lrs());
-    /// # std::fs::remove_dir_all(&dir)?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.save_state_with_tensors(path, &[])
-    }
-
-    /// Reads a checkpoint written by [`MetaSGD::save_state`]. See
-    /// [`MetaSGD::from_state_bytes`] for what is checked; failures to read
-    /// the file are [`Error::Io`].
-    pub fn load_state(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
-        Self::from_state_bytes(&bytes).map_err(|e| at_path(path, e))
-    }
-
-    /// Saves the optimizer and the caller's tensors (the model's
-    /// parameters, anything else of type `A`) in one atomic write, so that
-    /// a crash can never leave a model of one step beside an optimizer of
-    /// another. Names are 1 to 256 bytes, no control characters, each once.
-    ///
-    /// ```
-    /// use metasgd_core::{MetaSGD, Optimizer};
-    /// use ndarray::array;
-    ///
-    /// let dir = std::env::temp_dir().join(format!("metasgd-doc-t-{}", std::process::id()));
-    /// std::fs::create_dir_all(&dir)?;
-    /// let path = dir.join("run.safetensors");
-    ///
-    /// let mut opt = MetaSGD::new(0.01_f32);
-    /// let mut w = array![[1.0_f32, 2.0], [3.0, 4.0]];
-    /// opt.step_inplace(w.view_mut(), array![[0.5, -0.5], [0.1, 0.0]].view())?;
-    /// opt.save_state_with_tensors(&path, &[("w", w.view().into_dyn())])?;
-    ///
-    /// let (opt2, tensors) = MetaSGD::<f32>::load_state_with_tensors(&path)?;
-    /// assert_eq!(opt2.get_step_count(), 1);
-    /// assert_eq!(tensors[0].0, "w");
-    /// assert_eq!(tensors[0].1, w.into_dyn());
-    /// # std::fs::remove_dir_all(&dir)?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn save_state_with_tensors(
-        &self,
-        path: impl AsRef<Path>,
-        tensors: &[(&str, ArrayViewD<'_, A>)],
-    ) -> Result<()> {
-        let bytes = self.state_bytes_with(&[], tensors)?;
-        write_atomically(path.as_ref(), &bytes)
-    }
-
-    /// Loads what [`MetaSGD::save_state_with_tensors`] wrote: the optimizer
-    /// and the caller's tensors in the order they were saved (none for a
-    /// file written by [`MetaSGD::save_state`]).
-    pub fn load_state_with_tensors(path: impl AsRef<Path>) -> Result<(Self, NamedTensors<A>)> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
-        let loaded = Self::from_state_bytes_with(&bytes, &[]).map_err(|e| at_path(path, e))?;
-        Ok((loaded.optimizer, loaded.tensors))
-    }
-
     /// The checkpoint bytes with the caller's tensors and extra
     /// `__metadata__` entries (for formats built on this one: the sharded
     /// checkpoints of `metasgd-dist` add the shard's place). Extra keys may
@@ -179,23 +69,25 @@ impl<A: Element> MetaSGD<A> {
     ) -> Result<Vec<u8>> {
         let mut w = Writer::new(FORMAT);
         for (k, v) in extra {
-            if OWN_KEYS.contains(k) || FIELDS.iter().any(|f| f.name == *k) {
-                return Err(Error::invalid_checkpoint(
-                    format!("__metadata__.{k}"),
-                    "is the format's own key",
-                ));
+            if OWN_KEYS.contains(k) || CHOICES.contains(k) {
+                let key = format!("__metadata__.{k}");
+                return Err(Error::invalid_checkpoint(key, "is the format's own key"));
             }
             w.metadata(k, v.clone())?;
         }
+        let c = &self.config;
         w.metadata("dtype", A::NAME)?;
         w.metadata("slots", self.slots.len().to_string())?;
-        for (f, v) in FIELDS.iter().zip(self.settings.values()) {
-            match v {
-                Value::Float(x) | Value::MaybeFloat(Some(x)) => w.float(f.name, x)?,
-                Value::MaybeFloat(None) => {}
-                Value::Count(n) => w.count(f.name, n)?,
-                Value::Name(s) => w.metadata(f.name, s)?,
-            }
+        w.metadata("non_finite", c.non_finite.name())?;
+        w.metadata("backend", c.backend.name())?;
+        w.float("base_lr", c.base_lr)?;
+        w.float("alpha_lr", c.alpha_lr)?;
+        if let Some(lr) = self.last_valid_lr {
+            w.float("last_valid_lr", lr)?;
+        }
+        let counts = [c.inner_steps, self.step_count, self.skipped_steps];
+        for (name, n) in COUNTS.iter().zip(counts) {
+            w.count(name, n as u64)?;
         }
         for (j, alpha) in self.slots.iter().enumerate() {
             w.floats(&format!("alpha.{j}"), alpha.view())?;
@@ -209,81 +101,82 @@ impl<A: Element> MetaSGD<A> {
     /// any other unknown key is refused).
     pub fn from_state_bytes_with(bytes: &[u8], extra_keys: &[&str]) -> Result<Loaded<A>> {
         let r = Reader::open(bytes, FORMAT, true)?;
-        let dtype = r.metadata("dtype")?;
-        if dtype != A::NAME {
-            return Err(Error::invalid_checkpoint(
-                "__metadata__.dtype",
-                format!(
-                    "the checkpoint holds {dtype}, this optimizer is MetaSGD<{}>",
-                    A::NAME
-                ),
-            ));
-        }
-        let allowed: Vec<&str> = FIELDS
-            .iter()
-            .filter(|f| matches!(f.kind, Kind::Choice(_)))
-            .map(|f| f.name)
+        check_dtype::<A>("__metadata__.dtype", r.metadata("dtype")?)?;
+        let allowed: Vec<&str> = CHOICES
+            .into_iter()
             .chain(OWN_KEYS)
             .chain(extra_keys.iter().copied())
             .collect();
         r.only_metadata(&allowed)?;
-        let slots_text = r.metadata("slots")?;
-        let slots: usize = slots_text
-            .parse()
-            .ok()
-            .filter(|&n: &usize| n <= r.len())
-            .ok_or_else(|| {
-                Error::invalid_checkpoint(
-                    "__metadata__.slots",
-                    format!("{slots_text:?} is not a count of the file's tensors"),
-                )
-            })?;
-        let mut expected: BTreeSet<String> = BTreeSet::new();
-        for f in FIELDS {
-            let stored = match f.kind {
-                Kind::Float | Kind::Count { .. } => true,
-                Kind::MaybeRate => r.has(f.name),
-                Kind::Choice(_) => false,
-            };
-            if stored {
-                expected.insert(f.name.to_string());
-            }
-        }
+        let text = r.metadata("slots")?;
+        let why = || format!("{text:?} is not a count of the file's tensors");
+        let slots = text.parse().ok().filter(|&n: &usize| n <= r.len());
+        let slots = slots.ok_or_else(|| Error::invalid_checkpoint("__metadata__.slots", why()))?;
+        let floats = FLOATS.iter().filter(|f| **f != "last_valid_lr" || r.has(f));
+        let mut expected: BTreeSet<String> = floats.chain(&COUNTS).map(|f| f.to_string()).collect();
         expected.extend((0..slots).map(|j| format!("alpha.{j}")));
         let caller = r.caller_names(&mut expected)?;
         r.only_tensors(&expected)?;
 
-        let settings = Settings::from_values(|f| {
-            Ok(match f.kind {
-                Kind::Float => Value::Float(r.float(f.name)?),
-                Kind::MaybeRate => {
-                    Value::MaybeFloat(r.has(f.name).then(|| r.float(f.name)).transpose()?)
-                }
-                Kind::Count { .. } => Value::Count(r.count(f.name)?),
-                Kind::Choice(names) => {
-                    let text = r.metadata(f.name)?;
-                    let name = names.iter().find(|n| **n == text).ok_or_else(|| {
-                        f.error(format!("unknown value {text:?} ({})", names.join(", ")))
-                    })?;
-                    Value::Name(name)
-                }
-            })
-        })?;
-        let mut alphas = Vec::with_capacity(slots);
-        for j in 0..slots {
-            alphas.push(r.floats(&format!("alpha.{j}"))?);
-        }
-        check_rates(&alphas)?;
+        let config = MetaSGDConfig {
+            base_lr: r.float("base_lr")?,
+            alpha_lr: r.float("alpha_lr")?,
+            inner_steps: usize::try_from(r.count("inner_steps")?).unwrap_or(usize::MAX),
+            backend: Backend::from_name("backend", r.metadata("backend")?)?,
+            non_finite: NonFinitePolicy::from_name("non_finite", r.metadata("non_finite")?)?,
+        };
+        let last_valid_lr = r.has("last_valid_lr").then(|| r.float("last_valid_lr"));
+        let last_valid_lr = last_valid_lr.transpose()?;
+        let counts = [r.count("step_count")?, r.count("skipped_steps")?];
+        let alphas = (0..slots).map(|j| r.floats(&format!("alpha.{j}")));
+        let alphas = alphas.collect::<Result<Vec<_>>>()?;
+        let optimizer = MetaSGD::from_stored(config, last_valid_lr, counts, alphas)?;
         let tensors = r.caller_tensors(caller)?;
         let metadata = extra_keys
             .iter()
             .map(|k| Ok((k.to_string(), r.metadata(k)?.to_string())))
             .collect::<Result<HashMap<_, _>>>()?;
         Ok(Loaded {
-            optimizer: MetaSGD::from_parts(settings, alphas),
+            optimizer,
             tensors,
             metadata,
         })
+    }
+
+    /// An optimizer from stored state (a checkpoint, a serde document),
+    /// checked as a checkpoint is: `inner_steps` in `1..=MAX_INNER_STEPS`,
+    /// the counters (`step_count`, `skipped_steps`) at most [`MAX_COUNT`],
+    /// `last_valid_lr` a valid rate, every rate within the rate rule. The
+    /// other settings are stored as they are (an invalid `base_lr` is
+    /// reported by the next step, as `set_learning_rate` documents).
+    pub(crate) fn from_stored(
+        config: MetaSGDConfig<A>,
+        last_valid_lr: Option<A>,
+        [step_count, skipped_steps]: [u64; 2],
+        slots: Vec<ArrayD<A>>,
+    ) -> Result<Self> {
+        if !(1..=MAX_INNER_STEPS).contains(&config.inner_steps) {
+            let why = format!("{} is outside [1, {MAX_INNER_STEPS}]", config.inner_steps);
+            return Err(Error::invalid_checkpoint("inner_steps", why));
+        }
+        let count = |name: &str, n: u64| {
+            let fits = Some(n).filter(|n| *n <= MAX_COUNT);
+            let why = || format!("{n} is outside [0, {MAX_COUNT}] or this platform's usize");
+            let fits = fits.and_then(|n| usize::try_from(n).ok());
+            fits.ok_or_else(|| Error::invalid_checkpoint(name, why()))
+        };
+        if let Some(lr) = last_valid_lr.filter(|lr| !valid_base_lr(*lr)) {
+            let why = format!("{lr:?} is not a valid learning rate (finite and > 0)");
+            return Err(Error::invalid_checkpoint("last_valid_lr", why));
+        }
+        let opt = Self {
+            config,
+            last_valid_lr,
+            step_count: count("step_count", step_count)?,
+            skipped_steps: count("skipped_steps", skipped_steps)?,
+            slots: Vec::new(),
+        };
+        opt.with_state_slots(slots)
     }
 
     /// Replaces every slot's learning rates with `slots`, checked as a
@@ -296,7 +189,19 @@ impl<A: Element> MetaSGD<A> {
     }
 }
 
-/// Every rate follows the one rule (`schema::valid_rate`).
+/// The stored dtype (field `what`) is `A`'s (checkpoint and serde alike).
+pub(crate) fn check_dtype<A: Element>(what: &str, dtype: &str) -> Result<()> {
+    if dtype == A::NAME {
+        return Ok(());
+    }
+    let why = format!(
+        "the checkpoint holds {dtype}, this optimizer is MetaSGD<{}>",
+        A::NAME
+    );
+    Err(Error::invalid_checkpoint(what, why))
+}
+
+/// Every rate follows the one rule ([`valid_rate`]).
 fn check_rates<A: Element>(slots: &[ArrayD<A>]) -> Result<()> {
     for (j, alpha) in slots.iter().enumerate() {
         if let Some((i, a)) = alpha.iter().enumerate().find(|(_, a)| !valid_rate(**a)) {
@@ -307,4 +212,87 @@ fn check_rates<A: Element>(slots: &[ArrayD<A>]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's state table lists exactly the entries this mapping
+    /// writes (and each choice's names), so the documentation cannot
+    /// drift from the code.
+    #[test]
+    fn readme_table_matches_the_mapping() {
+        let readme = include_str!("../../../../README.md");
+        let rows: Vec<(&str, &str)> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("<!-- state-table -->"))
+            .skip(3)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let mut cells = l.split('|').skip(1).map(str::trim);
+                let name = cells.next().unwrap_or("").trim_matches('`');
+                (name, cells.nth(1).unwrap_or(""))
+            })
+            .collect();
+        let mut names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        let mut want: Vec<&str> = FLOATS.into_iter().chain(COUNTS).chain(CHOICES).collect();
+        want.sort_unstable();
+        assert_eq!(names, want, "README state table vs the checkpoint mapping");
+        let bounds = |name: &str| rows.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+        for (name, all) in [
+            (
+                "backend",
+                Backend::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ),
+            (
+                "non_finite",
+                NonFinitePolicy::NAMES.iter().map(|(n, _)| *n).collect(),
+            ),
+        ] {
+            let listed = bounds(name).unwrap_or("");
+            for n in all {
+                assert!(
+                    listed.contains(&format!("`{n}`")),
+                    "{name}: {n} not in the README"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stored_counts_are_bounded() {
+        let config = MetaSGDConfig::new(0.1_f32);
+        let load = |inner: usize, counts: [u64; 2]| {
+            let mut c = config;
+            c.inner_steps = inner;
+            MetaSGD::from_stored(c, None, counts, Vec::new())
+        };
+        for (inner, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_INNER_STEPS, true),
+            (MAX_INNER_STEPS + 1, false),
+        ] {
+            assert_eq!(load(inner, [0, 0]).is_ok(), ok, "inner_steps {inner}");
+        }
+        assert!(load(1, [MAX_COUNT, MAX_COUNT]).is_ok());
+        assert!(load(1, [MAX_COUNT + 1, 0]).is_err());
+        assert!(load(1, [0, MAX_COUNT + 1]).is_err());
+        assert!(MetaSGD::from_stored(config, Some(0.0), [0, 0], Vec::new()).is_err());
+    }
+
+    /// serde derives the choices' names; the checkpoint stores them by
+    /// its own table: both must be the same names.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_and_checkpoint_name_choices_alike() {
+        for (name, b) in Backend::NAMES {
+            assert_eq!(serde_json::to_string(b).unwrap(), format!("\"{name}\""));
+        }
+        for (name, p) in NonFinitePolicy::NAMES {
+            assert_eq!(serde_json::to_string(p).unwrap(), format!("\"{name}\""));
+        }
+    }
 }

@@ -1,10 +1,10 @@
 //! `step_with_closure`: the inner loop of optirs-core 0.3.2, with a fresh
 //! gradient at every inner iterate.
 
-use metasgd_kernels::{Element, scalar};
+use metasgd_kernels::{Config, Element, scalar};
 use ndarray::{Array, ArrayD, Dimension, Zip};
 
-use crate::{Error, MetaSGD, Result, StateMismatch, Verdict};
+use crate::{Error, MetaSGD, Result, Rule, StateMismatch, Verdict};
 
 impl<A: Element> MetaSGD<A> {
     /// One step that evaluates the gradient at every inner iterate: the
@@ -21,6 +21,11 @@ impl<A: Element> MetaSGD<A> {
     /// cheap to evaluate and the loss curves enough that reusing one
     /// gradient for all `K` inner updates overshoots; `step` evaluates the
     /// gradient once and costs one fused pass.
+    ///
+    /// Under [`Rule::Hypergradient`] each inner iteration is one step of the
+    /// rule with its fresh gradient (the rate, then `t -= alpha * g`, then
+    /// the gradient kept as the previous one): `K` inner iterations are `K`
+    /// steps of `step` with `inner_steps = 1`, counted as one.
     ///
     /// Unlike the reference, nothing changes unless the whole step succeeds:
     /// a failing `grad_fn`, a gradient of the wrong shape, a non-finite
@@ -59,6 +64,9 @@ impl<A: Element> MetaSGD<A> {
                 state: state.shape().to_vec(),
                 params: params.shape().to_vec(),
             }));
+        }
+        if let Rule::Hypergradient { up, down } = self.config.rule {
+            return self.closure_hypergradient(params, grad_fn, (up, down));
         }
         let fresh: ArrayD<A>;
         let alpha = match self.slots.first() {
@@ -110,6 +118,64 @@ impl<A: Element> MetaSGD<A> {
             Some(slot) => slot.assign(&new_alpha),
             None => self.slots.push(new_alpha),
         }
+        self.step_count += 1;
+        Ok(t)
+    }
+}
+
+impl<A: Element> MetaSGD<A> {
+    /// [`MetaSGD::step_with_closure`] under the hypergradient rule (the
+    /// settings and slot 0's shape already checked).
+    fn closure_hypergradient<D, F>(
+        &mut self,
+        params: &Array<A, D>,
+        mut grad_fn: F,
+        factors: (A, A),
+    ) -> Result<Array<A, D>>
+    where
+        D: Dimension,
+        F: FnMut(&Array<A, D>) -> Result<Array<A, D>>,
+    {
+        let shape = params.shape();
+        let base = self.config.base_lr;
+        let owned = |a: Option<&ArrayD<A>>, fill: A| {
+            let a = a.map_or_else(|| ArrayD::from_elem(shape, fill), |a| a.to_owned());
+            a.into_dimensionality::<D>()
+                .map_err(|_| shape_error(shape, shape))
+        };
+        let mut alpha = owned(self.slots.first(), base)?;
+        let mut prev = owned(self.prev.first(), A::ZERO)?;
+        let cfg = Config::new(self.config.alpha_lr, 1);
+        let mut t = params.clone();
+        for _ in 0..self.config.inner_steps {
+            let g = grad_fn(&t)?;
+            if g.shape() != t.shape() {
+                return Err(shape_error(t.shape(), g.shape()));
+            }
+            let verdict = self
+                .config
+                .non_finite
+                .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
+            if verdict == Verdict::Skip {
+                self.skipped_steps += 1;
+                return Ok(params.clone());
+            }
+            Zip::from(&mut t)
+                .and(&mut alpha)
+                .and(&mut prev)
+                .and(&g)
+                .for_each(|t, a, p, &g| {
+                    (*t, *a) = scalar::update_hypergradient(*t, g, *a, *p, factors, &cfg);
+                    *p = g;
+                });
+        }
+        // Nothing can fail past this point: commit.
+        match self.slots.first_mut() {
+            Some(slot) => slot.assign(&alpha.into_dyn()),
+            None => self.slots.push(alpha.into_dyn()),
+        }
+        self.init_rule_state();
+        self.prev[0].assign(&prev.into_dyn());
         self.step_count += 1;
         Ok(t)
     }

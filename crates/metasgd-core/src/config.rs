@@ -3,7 +3,7 @@
 //! closure and sharded steps, the candle and burn adapters) takes this
 //! type; none keeps a copy of its fields or rules.
 
-use metasgd_kernels::Element;
+use metasgd_kernels::{Element, RateRule};
 
 use crate::{Backend, Error, NonFinitePolicy, Result};
 
@@ -55,6 +55,98 @@ pub(crate) fn valid_base_lr<A: Element>(lr: A) -> bool {
     lr.is_finite() && lr > A::ZERO
 }
 
+/// How the per-parameter rates learn: a setting ([`MetaSGDConfig::rule`]).
+///
+/// The exact per-element formulas, their state and their NaN behaviour are
+/// in `docs/semantics.md`.
+///
+/// ```
+/// use metasgd_core::{MetaSGD, Optimizer, Rule};
+/// use ndarray::array;
+///
+/// // Gradients that keep their sign: the rates grow by `up` each step.
+/// let mut opt = MetaSGD::new(0.01_f64).with_inner_steps(1).with_rule(Rule::hypergradient());
+/// let mut w = array![1.0, -1.0];
+/// for _ in 0..3 {
+///     let g = w.mapv(f64::signum);
+///     opt.step_inplace(w.view_mut(), g.view())?;
+/// }
+/// let Rule::Hypergradient { up, .. } = opt.config().rule else { unreachable!() };
+/// assert_eq!(opt.get_per_param_lr().unwrap()[0], 0.01 * up * up); // the first step has no previous gradient
+/// # Ok::<(), metasgd_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase", bound = "", deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub enum Rule<A: Element> {
+    /// The reference crate's rule, `alpha -= alpha_lr * g * (accumulated
+    /// delta)` after the parameters: it can only shrink a rate.
+    #[default]
+    Reference,
+    /// The sign of the per-element hypergradient (Baydin et al. 2018:
+    /// `d loss / d alpha(t-1) = -g(t) * g(t-1)`), multiplicative and
+    /// scale-free, before the parameters: each rate is multiplied by `up`
+    /// where this gradient has the sign of the previous one, by `down` where
+    /// it has the other sign, then clamped; then `theta -= alpha * g`. The
+    /// state is the previous gradient. `alpha_lr` is not used.
+    Hypergradient {
+        /// Factor where successive gradients agree (`1 <= up <= 10`).
+        #[cfg_attr(feature = "serde", serde(with = "crate::serde_impl::exact"))]
+        up: A,
+        /// Factor where they disagree (`0 < down <= 1`).
+        #[cfg_attr(feature = "serde", serde(with = "crate::serde_impl::exact"))]
+        down: A,
+    },
+}
+
+impl<A: Element> Rule<A> {
+    /// [`Rule::Hypergradient`] with its default factors, `up = 1.05` and
+    /// `down = 0.8` (chosen on the diabetes MLP and the burn CNN; see the
+    /// README's robustness tables).
+    pub fn hypergradient() -> Self {
+        let f = |x: f64| A::from(x).unwrap_or_else(A::one);
+        Rule::Hypergradient {
+            up: f(1.05),
+            down: f(0.8),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Rule::Hypergradient { up, down } = *self {
+            let ten = A::from(10.0).unwrap_or_else(A::one);
+            if !(up >= A::one() && up <= ten) {
+                return Err(invalid("rule.up", up, "in [1, 10]"));
+            }
+            if !(down > A::ZERO && down <= A::one()) {
+                return Err(invalid("rule.down", down, "in (0, 1]"));
+            }
+        }
+        Ok(())
+    }
+
+    fn cast<B: Element>(&self) -> Rule<B> {
+        let to = |x: A| x.to_f64().and_then(B::from).unwrap_or_else(B::nan);
+        match *self {
+            Rule::Reference => Rule::Reference,
+            Rule::Hypergradient { up, down } => Rule::Hypergradient {
+                up: to(up),
+                down: to(down),
+            },
+        }
+    }
+
+    fn bits(&self) -> Option<(u64, u64)> {
+        match *self {
+            Rule::Reference => None,
+            Rule::Hypergradient { up, down } => Some((up.bits(), down.bits())),
+        }
+    }
+}
+
 /// The settings of a [`MetaSGD`](crate::MetaSGD): everything but its
 /// counters and learned rates.
 ///
@@ -98,6 +190,10 @@ pub struct MetaSGDConfig<A: Element> {
     pub backend: Backend,
     /// What a step does with NaN or infinite gradients.
     pub non_finite: NonFinitePolicy,
+    /// How the rates learn ([`Rule::Reference`] by default; absent in a
+    /// serde document written before rules existed).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub rule: Rule<A>,
 }
 
 impl<A: Element> Default for MetaSGDConfig<A> {
@@ -118,6 +214,7 @@ impl<A: Element> MetaSGDConfig<A> {
             inner_steps: 5,
             backend: Backend::Auto,
             non_finite: NonFinitePolicy::Propagate,
+            rule: Rule::Reference,
         }
     }
 
@@ -151,9 +248,16 @@ impl<A: Element> MetaSGDConfig<A> {
         self
     }
 
+    /// Chooses how the rates learn.
+    pub fn with_rule(mut self, rule: Rule<A>) -> Self {
+        self.rule = rule;
+        self
+    }
+
     /// The one check of the settings, run before every step: `base_lr`
     /// finite and `> 0`, `alpha_lr` finite and `>= 0`, `inner_steps` in
-    /// `1..=`[`MAX_INNER_STEPS`], the backend compiled in. The error names
+    /// `1..=`[`MAX_INNER_STEPS`], the rule's factors in their ranges, the
+    /// backend compiled in. The error names
     /// the setting ([`Error::InvalidHyperparameter`],
     /// [`Error::BackendUnavailable`]).
     ///
@@ -177,6 +281,7 @@ impl<A: Element> MetaSGDConfig<A> {
                 requirement: "in 1..=MAX_INNER_STEPS (1000)",
             });
         }
+        self.rule.check()?;
         self.backend.check()
     }
 
@@ -187,6 +292,7 @@ impl<A: Element> MetaSGDConfig<A> {
             && self.inner_steps == other.inner_steps
             && self.backend == other.backend
             && self.non_finite == other.non_finite
+            && self.rule.bits() == other.rule.bits()
     }
 
     /// The same settings in another float type (each float converted,
@@ -199,12 +305,17 @@ impl<A: Element> MetaSGDConfig<A> {
             inner_steps: self.inner_steps,
             backend: self.backend,
             non_finite: self.non_finite,
+            rule: self.rule.cast(),
         }
     }
 
     /// The kernels' view of the settings.
     pub(crate) fn kernel_config(&self) -> metasgd_kernels::Config<A> {
-        metasgd_kernels::Config::new(self.alpha_lr, self.inner_steps)
+        let rule = match self.rule {
+            Rule::Reference => RateRule::Reference,
+            Rule::Hypergradient { up, down } => RateRule::Hypergradient { up, down },
+        };
+        metasgd_kernels::Config::new(self.alpha_lr, self.inner_steps).with_rule(rule)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use core::mem::MaybeUninit;
 
-use metasgd_kernels::{Config, Element, Kernel, Theta, Update, scalar};
+use metasgd_kernels::{Config, Element, Kernel, RateRule, Theta, Update, scalar};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Axis, Dimension, ShapeBuilder, Zip};
 
 /// One slot's parameters: updated in place, or read from `src` into `dst`
@@ -23,19 +23,24 @@ pub(crate) enum Target<'a, A, D: Dimension> {
     },
 }
 
+/// One slot's learned state: its rates, and the rule's previous gradient
+/// (under the hypergradient rule).
+pub(crate) type Rates<'a, A> = (&'a mut ArrayD<A>, Option<&'a mut ArrayD<A>>);
+
 /// One slot as a kernel [`Update`] when its arrays are contiguous with the
 /// same strides; otherwise the slot is updated here, on the strided
 /// fallback, and `None` is returned.
 pub(crate) fn contiguous_or_strided<'a, A: Element, D: Dimension>(
     target: Target<'a, A, D>,
     grad: ArrayView<'a, A, D>,
-    alpha: &'a mut ArrayD<A>,
+    (alpha, prev): Rates<'a, A>,
     kernel: Kernel,
     cfg: &Config<A>,
 ) -> Option<Update<'a, A>> {
     let strides = grad.strides();
-    let aligned = alpha.strides() == strides
-        && alpha.as_slice_memory_order().is_some()
+    let like = |a: &ArrayD<A>| a.strides() == strides && a.as_slice_memory_order().is_some();
+    let aligned = like(alpha)
+        && prev.as_deref().is_none_or(like)
         && grad.as_slice_memory_order().is_some()
         && match &target {
             Target::InPlace(t) => t.strides() == strides && t.as_slice_memory_order().is_some(),
@@ -46,11 +51,53 @@ pub(crate) fn contiguous_or_strided<'a, A: Element, D: Dimension>(
                     && dst.as_slice_memory_order().is_some()
             }
         };
-    if aligned {
-        slices(target, grad, alpha)
-    } else {
-        strided(target, grad, alpha, kernel, cfg);
-        None
+    match (aligned, prev, cfg.rule()) {
+        (true, prev, _) => {
+            let u = slices(target, grad, alpha)?;
+            match prev {
+                Some(p) => Some(u.with_prev(p.as_slice_memory_order_mut()?)),
+                None => Some(u),
+            }
+        }
+        (false, Some(prev), RateRule::Hypergradient { up, down }) => {
+            strided_hypergradient(target, grad, (alpha, prev), (up, down), cfg);
+            None
+        }
+        _ => {
+            strided(target, grad, alpha, kernel, cfg);
+            None
+        }
+    }
+}
+
+/// Any other layout under the hypergradient rule: `Zip` visits the logical
+/// elements and the scalar reference updates them.
+fn strided_hypergradient<A: Element, D: Dimension>(
+    target: Target<'_, A, D>,
+    grad: ArrayView<'_, A, D>,
+    (alpha, prev): (&mut ArrayD<A>, &mut ArrayD<A>),
+    factors: (A, A),
+    cfg: &Config<A>,
+) {
+    let grad = grad.into_dyn();
+    let state = Zip::from(&grad).and(alpha).and(prev);
+    let step = |t: A, g: A, a: &mut A, p: &mut A| {
+        let (nt, na) = scalar::update_hypergradient(t, g, *a, *p, factors, cfg);
+        (*a, *p) = (na, g);
+        nt
+    };
+    match target {
+        Target::InPlace(theta) => state
+            .and(theta.into_dyn())
+            .for_each(|&g, a, p, t| *t = step(*t, g, a, p)),
+        Target::Into { src, dst } => {
+            state
+                .and(src.into_dyn())
+                .and(dst.into_dyn())
+                .for_each(|&g, a, p, &t, o| {
+                    o.write(step(t, g, a, p));
+                })
+        }
     }
 }
 

@@ -21,7 +21,7 @@ mod slices;
 
 pub use backend::{Backend, NonFinitePolicy, Verdict};
 pub use checkpoint::{FORMAT_VERSION, Loaded};
-pub use config::{MAX_COUNT, MAX_INNER_STEPS, MetaSGDConfig, rescale_rates, valid_rate};
+pub use config::{MAX_COUNT, MAX_INNER_STEPS, MetaSGDConfig, Rule, rescale_rates, valid_rate};
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;
 pub use optimizer::Optimizer;

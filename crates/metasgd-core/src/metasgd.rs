@@ -6,7 +6,7 @@ use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::config::{rescale_rates, valid_base_lr, valid_rate};
 use crate::layout::{self, Output, Target};
 use crate::{
-    Backend, Error, MetaSGDConfig, NonFinitePolicy, Optimizer, Result, StateMismatch, Verdict,
+    Backend, Error, MetaSGDConfig, NonFinitePolicy, Optimizer, Result, Rule, StateMismatch, Verdict,
 };
 
 /// Meta-SGD: SGD with a learned learning rate per parameter.
@@ -76,6 +76,10 @@ pub struct MetaSGD<A: Element> {
     pub(crate) skipped_steps: usize,
     /// One array of per-parameter learning rates per slot.
     pub(crate) slots: Vec<ArrayD<A>>,
+    /// The rule's state: under [`Rule::Hypergradient`] each slot's previous
+    /// gradient (laid out like the slot; empty until a step creates it at
+    /// zero), empty under [`Rule::Reference`].
+    pub(crate) prev: Vec<ArrayD<A>>,
 }
 
 /// Which slots a call uses.
@@ -111,6 +115,7 @@ impl<A: Element> MetaSGD<A> {
             step_count: 0,
             skipped_steps: 0,
             slots: Vec::new(),
+            prev: Vec::new(),
         }
     }
 
@@ -153,6 +158,22 @@ impl<A: Element> MetaSGD<A> {
     pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
         self.config = self.config.with_non_finite(policy);
         self
+    }
+
+    /// Chooses how the rates learn ([`Rule::Reference`], the default, or
+    /// [`Rule::Hypergradient`]). The learned rates are kept; the rule's
+    /// state (the previous gradients) starts afresh.
+    pub fn with_rule(mut self, rule: Rule<A>) -> Self {
+        self.config = self.config.with_rule(rule);
+        self.prev.clear();
+        self
+    }
+
+    /// The rule's state: under [`Rule::Hypergradient`], each slot's previous
+    /// gradient (empty before the first step); empty under
+    /// [`Rule::Reference`].
+    pub fn previous_gradients(&self) -> &[ArrayD<A>] {
+        &self.prev
     }
 
     /// The base learning rate (the initial value of every `alpha`).
@@ -231,6 +252,7 @@ impl<A: Element> MetaSGD<A> {
             }
         }
         self.slots = lrs;
+        self.prev.clear();
         Ok(self)
     }
 
@@ -283,19 +305,33 @@ impl<A: Element> MetaSGD<A> {
         if self.slots.is_empty() {
             self.slots.push(ArrayD::from_elem(IxDyn(&[total]), base));
         }
-        let slot = &mut self.slots[0];
-        if slot.as_slice().is_none() {
-            *slot = slot.as_standard_layout().into_owned();
+        for slot in self.slots.iter_mut().chain(&mut self.prev) {
+            if slot.as_slice().is_none() {
+                *slot = slot.as_standard_layout().into_owned();
+            }
         }
+        self.init_rule_state();
         let cfg = self.kernel_config();
         self.step_count += 1;
-        let mut alpha = self.slots[0]
-            .as_slice_mut()
-            .expect("a standard-layout slot is one slice");
+        let one_slice = "a standard-layout slot is one slice";
+        let mut alpha = self.slots[0].as_slice_mut().expect(one_slice);
+        let mut prev = self
+            .prev
+            .first_mut()
+            .map(|p| p.as_slice_mut().expect(one_slice));
         let updates = pieces.iter_mut().map(|(p, g)| {
-            let (here, rest) = core::mem::take(&mut alpha).split_at_mut(p.len());
+            let n = p.len();
+            let (here, rest) = core::mem::take(&mut alpha).split_at_mut(n);
             alpha = rest;
-            metasgd_kernels::Update::new(metasgd_kernels::Theta::InPlace(p), here, g)
+            let u = metasgd_kernels::Update::new(metasgd_kernels::Theta::InPlace(p), here, g);
+            match prev.take() {
+                Some(all) => {
+                    let (here, rest) = all.split_at_mut(n);
+                    prev = Some(rest);
+                    u.with_prev(here)
+                }
+                None => u,
+            }
         });
         metasgd_kernels::step_many(kernel, updates, &cfg);
         Ok(())
@@ -321,6 +357,7 @@ impl<A: Element> MetaSGD<A> {
     /// Forgets every slot's learning rates; the next step starts them at `base_lr`.
     pub fn reset_per_param_lr(&mut self) {
         self.slots.clear();
+        self.prev.clear();
     }
 
     pub(crate) fn kernel_config(&self) -> Config<A> {
@@ -426,17 +463,39 @@ impl<A: Element> MetaSGD<A> {
             let base = self.config.base_lr;
             self.slots
                 .extend(params.map(|p| p.map(|_| base).into_dyn()));
-            return;
+        } else {
+            for (alpha, p) in self.slots.iter_mut().zip(params) {
+                let p = p.into_dyn();
+                if alpha.strides() != p.strides() && p.as_slice_memory_order().is_some() {
+                    let mut like = p.map(|_| A::ZERO);
+                    like.assign(alpha);
+                    *alpha = like;
+                }
+            }
         }
-        for (alpha, p) in self.slots.iter_mut().zip(params) {
-            let p = p.into_dyn();
-            if alpha.strides() != p.strides() && p.as_slice_memory_order().is_some() {
-                let mut like = p.map(|_| A::ZERO);
-                like.assign(alpha);
-                *alpha = like;
+        self.init_rule_state();
+    }
+
+    /// Under [`Rule::Hypergradient`], gives every slot its previous
+    /// gradient (zero before the first step: `g * 0` leaves the rate as it
+    /// is), laid out like the slot. Values are unchanged; only a first step
+    /// or a change of layout allocates.
+    pub(crate) fn init_rule_state(&mut self) {
+        if matches!(self.config.rule, Rule::Reference) {
+            self.prev.clear();
+        } else if self.prev.len() != self.slots.len() {
+            self.prev = self.slots.iter().map(|a| a.map(|_| A::ZERO)).collect();
+        } else {
+            for (prev, alpha) in self.prev.iter_mut().zip(&self.slots) {
+                if prev.strides() != alpha.strides() {
+                    let mut like = alpha.map(|_| A::ZERO);
+                    like.assign(prev);
+                    *prev = like;
+                }
             }
         }
     }
+
     /// Runs a validated step on `targets` (one per slot, in order).
     ///
     /// `output_bytes` is the size of new arrays the call writes (0 in place):
@@ -451,11 +510,16 @@ impl<A: Element> MetaSGD<A> {
             .kernel_config()
             .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
         self.step_count += 1;
-        let updates = targets
-            .zip(self.slots.iter_mut())
-            .filter_map(|((target, grad), alpha)| {
-                layout::contiguous_or_strided(target, grad, alpha, kernel, &cfg)
-            });
+        let prev = self
+            .prev
+            .iter_mut()
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        let updates = targets.zip(self.slots.iter_mut()).zip(prev).filter_map(
+            |(((target, grad), alpha), prev)| {
+                layout::contiguous_or_strided(target, grad, (alpha, prev), kernel, &cfg)
+            },
+        );
         metasgd_kernels::step_many(kernel, updates, &cfg);
     }
 }

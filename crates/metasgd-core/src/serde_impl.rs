@@ -124,6 +124,9 @@ struct Repr<A: Element> {
     step_count: u64,
     skipped_steps: u64,
     slots: Vec<Slot>,
+    /// The rule's state (the hypergradient rule's previous gradients).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    prev: Vec<Slot>,
 }
 
 impl<A: Element> Serialize for MetaSGD<A> {
@@ -136,6 +139,7 @@ impl<A: Element> Serialize for MetaSGD<A> {
             step_count: self.step_count as u64,
             skipped_steps: self.skipped_steps as u64,
             slots: self.slots.iter().map(Slot::of).collect(),
+            prev: self.prev.iter().map(Slot::of).collect(),
         }
         .serialize(serializer)
     }
@@ -150,17 +154,15 @@ impl<'de, A: Element> Deserialize<'de> for MetaSGD<A> {
         let last_valid_lr = r.last_valid_lr.map(|f| f.to::<A>()).transpose();
         let last_valid_lr =
             last_valid_lr.map_err(|why| e(Error::invalid_checkpoint("last_valid_lr", why)))?;
-        let slots = r
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(j, s)| s.to(j))
-            .collect::<Result<Vec<_>, _>>();
+        let arrays = |v: &[Slot]| v.iter().enumerate().map(|(j, s)| s.to(j)).collect();
+        let slots: Result<Vec<_>, Error> = arrays(&r.slots);
+        let prev: Result<Vec<_>, Error> = arrays(&r.prev);
+        let state = [slots.map_err(e)?, prev.map_err(e)?];
         MetaSGD::from_stored(
             r.config,
             last_valid_lr,
             [r.step_count, r.skipped_steps],
-            slots.map_err(e)?,
+            state,
         )
         .map_err(e)
     }

@@ -3,7 +3,7 @@
 
 use metasgd_kernels::{Element, Theta, Update};
 
-use crate::{Error, MetaSGDConfig, Result, StateMismatch, Verdict};
+use crate::{Error, MetaSGDConfig, Result, Rule, StateMismatch, Verdict};
 
 impl<A: Element> MetaSGDConfig<A> {
     /// One step of one flat tensor whose rates the caller keeps, for a
@@ -30,8 +30,63 @@ impl<A: Element> MetaSGDConfig<A> {
     /// assert_eq!(theta, [1.0 - 0.1, 2.0 + 0.1]);
     /// # Ok::<(), metasgd_core::Error>(())
     /// ```
+    ///
+    /// Under [`Rule::Hypergradient`] the rule's state is the caller's too:
+    /// use [`Self::step_slices_with_prev`]; this one then refuses the step.
     pub fn step_slices(&self, theta: &mut [A], alpha: &mut [A], grad: &[A]) -> Result<Verdict> {
+        self.step_slices_with(theta, alpha, None, grad)
+    }
+
+    /// [`Self::step_slices`] with the rule's state, `prev` (the previous
+    /// gradient, zeros before the first step; replaced by `grad` when the
+    /// step runs), as [`Rule::Hypergradient`] needs; under
+    /// [`Rule::Reference`] `prev` is neither read nor written.
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGDConfig, Rule};
+    ///
+    /// let config = MetaSGDConfig::new(0.1_f32).with_inner_steps(1).with_rule(Rule::hypergradient());
+    /// let (mut theta, mut alpha, mut prev) = (vec![1.0_f32], vec![0.1_f32], vec![0.5_f32]);
+    /// config.step_slices_with_prev(&mut theta, &mut alpha, &mut prev, &[1.0])?;
+    /// let Rule::Hypergradient { up, .. } = config.rule else { unreachable!() };
+    /// assert_eq!((alpha[0], prev[0]), (0.1 * up, 1.0)); // same sign as before: up
+    /// # Ok::<(), metasgd_core::Error>(())
+    /// ```
+    pub fn step_slices_with_prev(
+        &self,
+        theta: &mut [A],
+        alpha: &mut [A],
+        prev: &mut [A],
+        grad: &[A],
+    ) -> Result<Verdict> {
+        self.step_slices_with(theta, alpha, Some(prev), grad)
+    }
+
+    fn step_slices_with(
+        &self,
+        theta: &mut [A],
+        alpha: &mut [A],
+        prev: Option<&mut [A]>,
+        grad: &[A],
+    ) -> Result<Verdict> {
         self.validate()?;
+        let has_rule_state = matches!(self.rule, Rule::Reference) || prev.is_some();
+        if !has_rule_state {
+            return Err(Error::InvalidHyperparameter {
+                name: "rule",
+                value: f64::NAN,
+                requirement: "the hypergradient rule keeps the previous gradient: step_slices_with_prev",
+            });
+        }
+        if let Some(p) = prev.as_deref()
+            && p.len() != theta.len()
+        {
+            return Err(Error::StateMismatch(StateMismatch::Shape {
+                slot: 0,
+                state: vec![p.len()],
+                params: vec![theta.len()],
+            }));
+        }
         if theta.len() != grad.len() {
             return Err(Error::ShapeMismatch {
                 slot: 0,
@@ -52,6 +107,10 @@ impl<A: Element> MetaSGDConfig<A> {
         if verdict == Verdict::Step {
             let kernel = self.backend.kernel(theta.len());
             let update = Update::new(Theta::InPlace(theta), alpha, grad);
+            let update = match (prev, self.rule) {
+                (Some(p), Rule::Hypergradient { .. }) => update.with_prev(p),
+                _ => update,
+            };
             metasgd_kernels::step(kernel, update, &self.kernel_config());
         }
         Ok(verdict)

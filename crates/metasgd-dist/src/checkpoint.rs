@@ -436,20 +436,18 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     ) -> Result<(u64, u32)> {
         let me = self.comm.rank();
         let real = self.part.real(me);
-        let slots: Vec<ArrayD<A>> = match self.inner.per_param_lrs().first() {
-            Some(a) => {
-                let v: Vec<A> = a.iter().take(real.len()).copied().collect();
-                vec![ArrayD::from_shape_vec(IxDyn(&[real.len()]), v).expect("1-d")]
-            }
-            None => Vec::new(),
+        // The real part of this rank's shard: its rates and the rule's state.
+        let cut = |a: &ArrayD<A>| {
+            let v: Vec<A> = a.iter().take(real.len()).copied().collect();
+            ArrayD::from_shape_vec(IxDyn(&[real.len()]), v).expect("1-d")
         };
+        let slots = self.inner.per_param_lrs().first().map(cut);
+        let prev = self.inner.previous_gradients().first().map(cut);
         let mut shard = self.inner.clone();
         shard.reset_per_param_lr();
-        let shard = if slots.is_empty() {
-            shard
-        } else {
-            shard.with_state_slots(slots)?
-        };
+        let shard = shard
+            .with_state_slots(slots.into_iter().collect())?
+            .with_rule_state(prev.into_iter().collect())?;
         let extra = [
             ("shard_rank", me.to_string()),
             ("shard_ranks", self.part.ranks.to_string()),
@@ -551,7 +549,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         let old = Partition::new(total, old_ranks);
         let new = Partition::new(total, comm.size());
         let mine = new.shard(comm.rank());
-        let mut rates: Vec<A> = Vec::new();
+        let (mut rates, mut prev): (Vec<A>, Vec<A>) = (Vec::new(), Vec::new());
         let mut first: Option<MetaSGD<A>> = None;
         let mut tensors = Vec::new();
         for r in 0..old_ranks {
@@ -618,8 +616,11 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
                 // Keep the part of this old shard that falls in the new one.
                 let (lo, hi) = (real.start.max(mine.start), real.end.min(mine.end));
                 rates.resize(hi - mine.start, A::ZERO);
+                prev.resize(hi - mine.start, A::ZERO);
+                let old_prev = opt.previous_gradients().first();
                 for i in lo..hi {
                     rates[i - mine.start] = a[i - real.start];
+                    prev[i - mine.start] = old_prev.map_or(A::ZERO, |p| p[i - real.start]);
                 }
             }
             if first.is_none() {
@@ -635,10 +636,20 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         for v in rates.iter_mut().skip(new.real(comm.rank()).len()) {
             *v = pad;
         }
+        // The padding's previous gradient is the zero it is stepped with.
+        prev.resize(new.shard_len, A::ZERO);
+        prev[new.real(comm.rank()).len()..].fill(A::ZERO);
+        let has_prev = !inner.previous_gradients().is_empty();
         inner.reset_per_param_lr();
-        let inner = inner.with_state_slots(vec![
-            ArrayD::from_shape_vec(IxDyn(&[new.shard_len]), rates).expect("1-d"),
-        ])?;
+        let flat = |v: Vec<A>| ArrayD::from_shape_vec(IxDyn(&[new.shard_len]), v).expect("1-d");
+        let prev = if has_prev {
+            vec![flat(prev)]
+        } else {
+            Vec::new()
+        };
+        let inner = inner
+            .with_state_slots(vec![flat(rates)])?
+            .with_rule_state(prev)?;
         Ok((inner, tensors))
     }
 }

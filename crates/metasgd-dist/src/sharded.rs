@@ -46,6 +46,16 @@ pub(crate) fn padding_rate<A: Element>(opt: &MetaSGD<A>) -> A {
     metasgd_kernels::scalar::clamp(opt.get_base_lr())
 }
 
+/// Rank `rank`'s shard of the flat values `flat` (all tensors, in order),
+/// `pad` past the last real element.
+fn shard_of<A: Element>(flat: &[A], part: &Partition, rank: usize, pad: A) -> ArrayD<A> {
+    let shard = part
+        .shard(rank)
+        .map(|i| flat.get(i).copied().unwrap_or(pad))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(&[part.shard_len]), shard).expect("1-d")
+}
+
 /// Where each tensor starts in the flat buffer, and the total length.
 pub(crate) fn offsets(shapes: &[Vec<usize>]) -> (Vec<usize>, usize) {
     let mut at = 0;
@@ -83,7 +93,18 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
         let local = Self::shard_of_template(&template, &shapes, &part, comm.rank());
         agree(&comm, "setup", local.as_ref().err())?;
         let inner = match local? {
-            Some(shard) => template.with_state_slots(vec![shard])?,
+            Some(shard) => {
+                let flat: Vec<A> = template
+                    .previous_gradients()
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                let prev = (!flat.is_empty()).then(|| shard_of(&flat, &part, comm.rank(), A::ZERO));
+                template
+                    .with_state_slots(vec![shard])?
+                    .with_rule_state(prev.into_iter().collect())?
+            }
             None => template,
         };
         Ok(Self::assemble(comm, inner, shapes, offsets, part))
@@ -140,14 +161,7 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
             }
         }
         let flat: Vec<A> = slots.iter().flat_map(|a| a.iter().copied()).collect();
-        let pad = padding_rate(template);
-        let shard = part
-            .shard(rank)
-            .map(|i| flat.get(i).copied().unwrap_or(pad))
-            .collect();
-        Ok(Some(
-            ArrayD::from_shape_vec(IxDyn(&[part.shard_len]), shard).expect("1-d"),
-        ))
+        Ok(Some(shard_of(&flat, part, rank, padding_rate(template))))
     }
 
     /// Moves about `elements` elements (all ranks together, at least one

@@ -10,12 +10,33 @@ pub fn inner_steps(k: usize) -> usize {
     k.max(1)
 }
 
-/// The hyperparameters a kernel needs: `beta = alpha_lr` and `K = inner_steps`.
+/// How a kernel updates the per-parameter rates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RateRule<A> {
+    /// The reference rule: `alpha -= alpha_lr * g * (accumulated delta)`,
+    /// after the parameters ([`crate::scalar::update`]).
+    Reference,
+    /// The sign of the hypergradient, before the parameters: each rate is
+    /// multiplied by `up` where this gradient agrees in sign with the
+    /// previous one, by `down` where it disagrees
+    /// ([`crate::scalar::update_hypergradient`]). Every [`crate::Update`]
+    /// then carries the previous gradient ([`crate::Update::with_prev`]).
+    Hypergradient {
+        /// Factor on agreement (`>= 1`).
+        up: A,
+        /// Factor on disagreement (in `(0, 1]`).
+        down: A,
+    },
+}
+
+/// The hyperparameters a kernel needs: `beta = alpha_lr`, `K = inner_steps`
+/// and the rate rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config<A> {
     alpha_lr: A,
     inner_steps: usize,
     streaming: bool,
+    rule: RateRule<A>,
 }
 
 impl<A: Element> Config<A> {
@@ -25,7 +46,20 @@ impl<A: Element> Config<A> {
             alpha_lr,
             inner_steps: crate::inner_steps(inner_steps),
             streaming: false,
+            rule: RateRule::Reference,
         }
+    }
+
+    /// Chooses the rate rule ([`RateRule::Reference`] by default).
+    pub fn with_rule(mut self, rule: RateRule<A>) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    /// The rate rule.
+    #[inline]
+    pub fn rule(&self) -> RateRule<A> {
+        self.rule
     }
 
     /// Writes [`Theta::Into`](crate::Theta::Into) outputs with non-temporal (streaming) stores

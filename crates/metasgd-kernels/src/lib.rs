@@ -45,7 +45,7 @@ mod simd;
 pub mod testdata;
 mod update;
 
-pub use config::{Config, inner_steps};
+pub use config::{Config, RateRule, inner_steps};
 pub use element::Element;
 pub use simd::{SimdLevel, simd_level};
 pub use update::{Theta, Update};
@@ -150,7 +150,8 @@ pub fn step_many_portable<'a, A: Element>(
     run_many(Isa::portable(), kernel, updates, cfg)
 }
 
-/// The benchmarks' roofline: `theta += g; alpha -= g` through the same
+/// The benchmarks' roofline: `theta += g; alpha -= g` (with a previous
+/// gradient, [`Update::with_prev`]: `alpha -= prev; prev = g`) through the same
 /// instruction set, loop, loads, stores and scheduling as [`step_many`]
 /// (feature `testing`).
 #[cfg(feature = "testing")]
@@ -160,9 +161,13 @@ pub fn traffic_many<'a, A: Element>(
 ) {
     let isa = Isa::detect();
     match kernel {
-        Kernel::Scalar => updates
-            .into_iter()
-            .for_each(|u| simd::sweep::scalar(u, simd::traffic::Traffic)),
+        Kernel::Scalar => updates.into_iter().for_each(|u| {
+            if u.prev.is_some() {
+                simd::sweep::scalar_prev(u, simd::traffic::Traffic)
+            } else {
+                simd::sweep::scalar(u, simd::traffic::Traffic)
+            }
+        }),
         Kernel::Simd => updates.into_iter().for_each(|u| isa.traffic(u)),
         Kernel::Parallel => par::for_each_chunk(updates, |u| isa.traffic(u)),
     }

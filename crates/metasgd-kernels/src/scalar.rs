@@ -2,7 +2,7 @@
 //!
 //! Every other kernel is tested bit for bit against this one.
 
-use crate::{Config, Element, Theta, Update};
+use crate::{Config, Element, RateRule, Theta, Update};
 
 /// The clamp of the contract: compare and select, so a NaN stays NaN.
 #[inline(always)]
@@ -32,6 +32,45 @@ pub fn update<A: Element>(theta: A, g: A, alpha: A, cfg: &Config<A>) -> (A, A) {
     (t, clamp(a))
 }
 
+/// `pos` if `h > 0`, `neg` if `h < 0`, `other` for zeros and NaN: the
+/// sign test of the hypergradient rule.
+#[inline(always)]
+pub fn by_sign<A: Element>(h: A, pos: A, neg: A, other: A) -> A {
+    if h > A::ZERO {
+        pos
+    } else if h < A::ZERO {
+        neg
+    } else {
+        other
+    }
+}
+
+/// One element under [`RateRule::Hypergradient`]: returns `(theta',
+/// alpha')`; the caller stores `g` as the next step's `prev`.
+///
+/// `h = g * prev` (minus the derivative of the loss with respect to the
+/// rate of the previous step); `alpha' = clamp(alpha * f)` with `f = up`
+/// if `h > 0`, `down` if `h < 0`, `1` otherwise (zeros and NaN);
+/// `d = alpha' * g`; `theta' = theta - d` repeated `K` times.
+#[inline(always)]
+pub fn update_hypergradient<A: Element>(
+    theta: A,
+    g: A,
+    alpha: A,
+    prev: A,
+    (up, down): (A, A),
+    cfg: &Config<A>,
+) -> (A, A) {
+    let f = by_sign(g * prev, up, down, A::one());
+    let a = clamp(alpha * f);
+    let d = a * g;
+    let mut t = theta;
+    for _ in 0..cfg.inner_steps() {
+        t = t - d;
+    }
+    (t, a)
+}
+
 /// One inner iteration of the closure step (optirs-core 0.3.2's
 /// `step_with_closure`) for one element, with `g` the gradient evaluated at
 /// the current `t`: `d = alpha * g`, `c = c + d`, `t = t - d`. Returns `(t, c)`.
@@ -49,9 +88,15 @@ pub fn closure_alpha<A: Element>(alpha: A, g_last: A, c: A, beta: A) -> A {
     clamp(alpha - m * beta)
 }
 
-/// Applies [`update`] to every element of one tensor.
+/// Applies [`update`] (or the hypergradient rule's
+/// [`update_hypergradient`], as `cfg` says) to every element of one tensor.
 pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
-    let Update { theta, alpha, grad } = u;
+    if let RateRule::Hypergradient { up, down } = cfg.rule() {
+        return step_hypergradient(u, (up, down), cfg);
+    }
+    let Update {
+        theta, alpha, grad, ..
+    } = u;
     match theta {
         Theta::InPlace(theta) => {
             for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
@@ -63,6 +108,32 @@ pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
                 let (nt, na) = update(t, g, *a, cfg);
                 o.write(nt);
                 *a = na;
+            }
+        }
+    }
+}
+
+fn step_hypergradient<A: Element>(u: Update<'_, A>, factors: (A, A), cfg: &Config<A>) {
+    let Update {
+        theta,
+        alpha,
+        grad,
+        prev,
+    } = u;
+    let prev = prev.expect("the hypergradient rule's update carries the previous gradient");
+    let state = alpha.iter_mut().zip(prev.iter_mut()).zip(grad);
+    match theta {
+        Theta::InPlace(theta) => {
+            for (t, ((a, p), &g)) in theta.iter_mut().zip(state) {
+                (*t, *a) = update_hypergradient(*t, g, *a, *p, factors, cfg);
+                *p = g;
+            }
+        }
+        Theta::Into { src, dst } => {
+            for ((o, &t), ((a, p), &g)) in dst.iter_mut().zip(src).zip(state) {
+                let (nt, na) = update_hypergradient(t, g, *a, *p, factors, cfg);
+                o.write(nt);
+                (*a, *p) = (na, g);
             }
         }
     }

@@ -59,6 +59,9 @@ pub struct Update<'a, A> {
     pub(crate) theta: Theta<'a, A>,
     pub(crate) alpha: &'a mut [A],
     pub(crate) grad: &'a [A],
+    /// The previous gradient, read and replaced by `grad` (the
+    /// hypergradient rule's state; `None` under the reference rule).
+    pub(crate) prev: Option<&'a mut [A]>,
 }
 
 impl<'a, A> Update<'a, A> {
@@ -73,7 +76,23 @@ impl<'a, A> Update<'a, A> {
         }
         assert_eq!(alpha.len(), n, "alpha length differs from parameters");
         assert_eq!(grad.len(), n, "gradient length differs from parameters");
-        Self { theta, alpha, grad }
+        Self {
+            theta,
+            alpha,
+            grad,
+            prev: None,
+        }
+    }
+
+    /// Adds the previous gradient, which the hypergradient rule reads and
+    /// overwrites with this step's gradient ([`crate::RateRule::Hypergradient`]).
+    ///
+    /// # Panics
+    /// If its length differs (a caller bug; `metasgd-core` checks shapes first).
+    pub fn with_prev(mut self, prev: &'a mut [A]) -> Self {
+        assert_eq!(prev.len(), self.len(), "previous gradient length differs");
+        self.prev = Some(prev);
+        self
     }
 
     /// Number of elements.
@@ -96,16 +115,25 @@ impl<'a, A> Update<'a, A> {
         let (tl, tr) = self.theta.split_at(mid);
         let (al, ar) = self.alpha.split_at_mut(mid);
         let (gl, gr) = self.grad.split_at(mid);
+        let (pl, pr) = match self.prev {
+            Some(p) => {
+                let (l, r) = p.split_at_mut(mid);
+                (Some(l), Some(r))
+            }
+            None => (None, None),
+        };
         (
             Update {
                 theta: tl,
                 alpha: al,
                 grad: gl,
+                prev: pl,
             },
             Update {
                 theta: tr,
                 alpha: ar,
                 grad: gr,
+                prev: pr,
             },
         )
     }

@@ -91,7 +91,8 @@ pub use metasgd_core::kernels::{Element, SimdLevel, simd_level};
 pub use metasgd_core::ndarray;
 pub use metasgd_core::{
     Backend, Error, FORMAT_VERSION, Loaded, MAX_COUNT, MAX_INNER_STEPS, MetaSGD, MetaSGDConfig,
-    NonFinitePolicy, OptimError, Optimizer, Result, StateMismatch, checkpoint,
+    NonFinitePolicy, OptimError, Optimizer, Result, Rule, StateMismatch, checkpoint, rescale_rates,
+    valid_rate,
 };
 
 /// The slice kernels under [`MetaSGD`], for users who manage their own
@@ -117,8 +118,8 @@ pub use metasgd_core::{
 /// ```
 pub mod kernels {
     pub use metasgd_core::kernels::{
-        Config, Element, Kernel, PAR_THRESHOLD, STREAM_MIN_BYTES, SimdLevel, Theta, Update, auto,
-        par, scalar, simd_level, step, step_many,
+        Config, Element, Kernel, PAR_THRESHOLD, RateRule, STREAM_MIN_BYTES, SimdLevel, Theta,
+        Update, auto, par, scalar, simd_level, step, step_many,
     };
 }
 

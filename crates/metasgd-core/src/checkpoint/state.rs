@@ -24,7 +24,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use super::{Reader, Writer};
 use crate::backend::Named;
 use crate::config::{MAX_COUNT, MAX_INNER_STEPS, valid_base_lr, valid_rate};
-use crate::{Backend, Error, MetaSGD, MetaSGDConfig, NonFinitePolicy, Result};
+use crate::{Backend, Error, MetaSGD, MetaSGDConfig, NonFinitePolicy, Result, Rule, StateMismatch};
 
 const FORMAT: &str = "metasgd";
 
@@ -32,8 +32,11 @@ const FORMAT: &str = "metasgd";
 const FLOATS: [&str; 3] = ["base_lr", "alpha_lr", "last_valid_lr"];
 /// The counters, stored as 0-d `U64` tensors.
 const COUNTS: [&str; 3] = ["inner_steps", "step_count", "skipped_steps"];
-/// The choices, stored by name in `__metadata__`.
-const CHOICES: [&str; 2] = ["non_finite", "backend"];
+/// The choices, stored by name in `__metadata__` (`rule` only when it is
+/// not the reference rule, so reference files are as they always were).
+const CHOICES: [&str; 3] = ["non_finite", "backend", "rule"];
+/// The hypergradient rule's factors, 0-d tensors of `A`.
+const RULE_FLOATS: [&str; 2] = ["rule_up", "rule_down"];
 
 /// The caller's tensors as a checkpoint gives them back: each name with its
 /// array, in the order they were saved.
@@ -92,6 +95,17 @@ impl<A: Element> MetaSGD<A> {
         for (j, alpha) in self.slots.iter().enumerate() {
             w.floats(&format!("alpha.{j}"), alpha.view())?;
         }
+        if let Rule::Hypergradient { up, down } = c.rule {
+            w.metadata("rule", "hypergradient")?;
+            w.float(RULE_FLOATS[0], up)?;
+            w.float(RULE_FLOATS[1], down)?;
+            for (j, alpha) in self.slots.iter().enumerate() {
+                // Before the first step the state is the zeros the step would create.
+                let zeros = ArrayD::zeros(alpha.raw_dim());
+                let prev = self.prev.get(j).unwrap_or(&zeros);
+                w.floats(&format!("prev.{j}"), prev.view())?;
+            }
+        }
         w.caller_tensors(tensors)?;
         w.to_bytes()
     }
@@ -112,9 +126,23 @@ impl<A: Element> MetaSGD<A> {
         let why = || format!("{text:?} is not a count of the file's tensors");
         let slots = text.parse().ok().filter(|&n: &usize| n <= r.len());
         let slots = slots.ok_or_else(|| Error::invalid_checkpoint("__metadata__.slots", why()))?;
+        let hypergradient = match r.metadata("rule").ok() {
+            None => false,
+            Some("hypergradient") => true,
+            Some(other) => {
+                let why = format!("unknown value {other:?} (absent: reference, or hypergradient)");
+                return Err(Error::invalid_checkpoint("__metadata__.rule", why));
+            }
+        };
         let floats = FLOATS.iter().filter(|f| **f != "last_valid_lr" || r.has(f));
-        let mut expected: BTreeSet<String> = floats.chain(&COUNTS).map(|f| f.to_string()).collect();
+        let rule_floats = RULE_FLOATS.iter().filter(|_| hypergradient);
+        let floats = floats.chain(rule_floats).chain(&COUNTS);
+        let mut expected: BTreeSet<String> = floats.map(|f| f.to_string()).collect();
         expected.extend((0..slots).map(|j| format!("alpha.{j}")));
+        let prev_names = (0..slots)
+            .filter(|_| hypergradient)
+            .map(|j| format!("prev.{j}"));
+        expected.extend(prev_names.clone());
         let caller = r.caller_names(&mut expected)?;
         r.only_tensors(&expected)?;
 
@@ -124,13 +152,23 @@ impl<A: Element> MetaSGD<A> {
             inner_steps: usize::try_from(r.count("inner_steps")?).unwrap_or(usize::MAX),
             backend: Backend::from_name("backend", r.metadata("backend")?)?,
             non_finite: NonFinitePolicy::from_name("non_finite", r.metadata("non_finite")?)?,
+            rule: match hypergradient {
+                true => Rule::Hypergradient {
+                    up: r.float(RULE_FLOATS[0])?,
+                    down: r.float(RULE_FLOATS[1])?,
+                },
+                false => Rule::Reference,
+            },
         };
         let last_valid_lr = r.has("last_valid_lr").then(|| r.float("last_valid_lr"));
         let last_valid_lr = last_valid_lr.transpose()?;
         let counts = [r.count("step_count")?, r.count("skipped_steps")?];
         let alphas = (0..slots).map(|j| r.floats(&format!("alpha.{j}")));
         let alphas = alphas.collect::<Result<Vec<_>>>()?;
-        let optimizer = MetaSGD::from_stored(config, last_valid_lr, counts, alphas)?;
+        let prev = prev_names
+            .map(|name| r.floats(&name))
+            .collect::<Result<Vec<_>>>()?;
+        let optimizer = MetaSGD::from_stored(config, last_valid_lr, counts, [alphas, prev])?;
         let tensors = r.caller_tensors(caller)?;
         let metadata = extra_keys
             .iter()
@@ -146,15 +184,31 @@ impl<A: Element> MetaSGD<A> {
     /// An optimizer from stored state (a checkpoint, a serde document),
     /// checked as a checkpoint is: `inner_steps` in `1..=MAX_INNER_STEPS`,
     /// the counters (`step_count`, `skipped_steps`) at most [`MAX_COUNT`],
-    /// `last_valid_lr` a valid rate, every rate within the rate rule. The
+    /// `last_valid_lr` a valid rate, every rate within the rate rule, the
+    /// rule's state one array per slot of its shape (none for the
+    /// reference rule). The
     /// other settings are stored as they are (an invalid `base_lr` is
     /// reported by the next step, as `set_learning_rate` documents).
     pub(crate) fn from_stored(
         config: MetaSGDConfig<A>,
         last_valid_lr: Option<A>,
         [step_count, skipped_steps]: [u64; 2],
-        slots: Vec<ArrayD<A>>,
+        [slots, prev]: [Vec<ArrayD<A>>; 2],
     ) -> Result<Self> {
+        let want = if matches!(config.rule, Rule::Reference) {
+            0
+        } else {
+            slots.len()
+        };
+        let shapes_differ = slots.iter().zip(&prev).any(|(a, p)| a.shape() != p.shape());
+        if prev.len() != want || shapes_differ {
+            let why = format!(
+                "{} arrays for {} slots, or of other shapes",
+                prev.len(),
+                want
+            );
+            return Err(Error::invalid_checkpoint("prev", why));
+        }
         if !(1..=MAX_INNER_STEPS).contains(&config.inner_steps) {
             let why = format!("{} is outside [1, {MAX_INNER_STEPS}]", config.inner_steps);
             return Err(Error::invalid_checkpoint("inner_steps", why));
@@ -175,15 +229,54 @@ impl<A: Element> MetaSGD<A> {
             step_count: count("step_count", step_count)?,
             skipped_steps: count("skipped_steps", skipped_steps)?,
             slots: Vec::new(),
+            prev,
         };
         opt.with_state_slots(slots)
     }
 
+    /// Replaces the rule's state (under [`Rule::Hypergradient`], each slot's
+    /// previous gradient) with `prev`: one array per slot, of its shape, or
+    /// none (zeros at the next step); none under [`Rule::Reference`]. For
+    /// layered state such as a rank's shard; call it after
+    /// [`MetaSGD::with_state_slots`].
+    pub fn with_rule_state(mut self, prev: Vec<ArrayD<A>>) -> Result<Self> {
+        let want = match self.config.rule {
+            Rule::Reference => 0,
+            _ if prev.is_empty() => 0,
+            _ => self.slots.len(),
+        };
+        if prev.len() != want {
+            let (slots, arrays) = (want, prev.len());
+            return Err(Error::StateMismatch(StateMismatch::SlotCount {
+                slots,
+                arrays,
+            }));
+        }
+        for (slot, (a, p)) in self.slots.iter().zip(&prev).enumerate() {
+            if a.shape() != p.shape() {
+                let (state, params) = (p.shape().to_vec(), a.shape().to_vec());
+                return Err(Error::StateMismatch(StateMismatch::Shape {
+                    slot,
+                    state,
+                    params,
+                }));
+            }
+        }
+        self.prev = prev;
+        Ok(self)
+    }
+
     /// Replaces every slot's learning rates with `slots`, checked as a
     /// checkpoint's are (the one rate rule: within `[1e-8, 10]`, or NaN):
-    /// for layered state such as a rank's shard.
+    /// for layered state such as a rank's shard. The rule's state is kept
+    /// if it still fits the slots, and dropped otherwise.
     pub fn with_state_slots(mut self, slots: Vec<ArrayD<A>>) -> Result<Self> {
         check_rates(&slots)?;
+        let fits = |p: &ArrayD<A>, a: &ArrayD<A>| p.shape() == a.shape();
+        if self.prev.len() != slots.len() || !self.prev.iter().zip(&slots).all(|(p, a)| fits(p, a))
+        {
+            self.prev.clear();
+        }
         self.slots = slots;
         Ok(self)
     }
@@ -267,7 +360,7 @@ mod tests {
         let load = |inner: usize, counts: [u64; 2]| {
             let mut c = config;
             c.inner_steps = inner;
-            MetaSGD::from_stored(c, None, counts, Vec::new())
+            MetaSGD::from_stored(c, None, counts, Default::default())
         };
         for (inner, ok) in [
             (0, false),
@@ -280,7 +373,7 @@ mod tests {
         assert!(load(1, [MAX_COUNT, MAX_COUNT]).is_ok());
         assert!(load(1, [MAX_COUNT + 1, 0]).is_err());
         assert!(load(1, [0, MAX_COUNT + 1]).is_err());
-        assert!(MetaSGD::from_stored(config, Some(0.0), [0, 0], Vec::new()).is_err());
+        assert!(MetaSGD::from_stored(config, Some(0.0), [0, 0], Default::default()).is_err());
     }
 
     /// serde derives the choices' names; the checkpoint stores them by

@@ -6,7 +6,7 @@
 //! [`Avx2::run`] enters the loop compiled with `#[target_feature(enable =
 //! "avx2")]`, and packs can only be made with the token. Only add, subtract,
 //! multiply, min and max (in the operand order that matches the contract's
-//! compare-and-select) are used; nothing is fused, so the bits equal the
+//! compare-and-select), compares and blends are used; nothing is fused, so the bits equal the
 //! scalar reference.
 
 use core::arch::x86_64::*;
@@ -73,7 +73,8 @@ pub struct F64x4(__m256d);
 // `LANES` elements, so they stay in bounds.
 macro_rules! avx_pack {
     ($pack:ident, $a:ty, $n:literal, $set1:ident, $loadu:ident, $storeu:ident, $stream:ident,
-     $add:ident, $sub:ident, $mul:ident, $fmadd:ident, $div:ident, $sqrt:ident, $min:ident, $max:ident) => {
+     $add:ident, $sub:ident, $mul:ident, $fmadd:ident, $div:ident, $sqrt:ident, $min:ident, $max:ident,
+     $cmp:ident, $blendv:ident, $zero:ident) => {
         impl Pack<$a> for $pack {
             type Token = Avx2;
             const LANES: usize = $n;
@@ -168,6 +169,16 @@ macro_rules! avx_pack {
                     $pack($max($set1(<$a>::LO), below_hi))
                 }
             }
+            #[inline(always)]
+            fn by_sign(self, pos: Self, neg: Self, other: Self) -> Self {
+                // SAFETY: see the note above the macro. Ordered, quiet
+                // compares: a NaN lane is neither above nor below zero.
+                unsafe {
+                    let above = $cmp::<_CMP_GT_OQ>(self.0, $zero());
+                    let below = $cmp::<_CMP_LT_OQ>(self.0, $zero());
+                    $pack($blendv($blendv(other.0, neg.0, below), pos.0, above))
+                }
+            }
         }
     };
 }
@@ -187,7 +198,10 @@ avx_pack!(
     _mm256_div_ps,
     _mm256_sqrt_ps,
     _mm256_min_ps,
-    _mm256_max_ps
+    _mm256_max_ps,
+    _mm256_cmp_ps,
+    _mm256_blendv_ps,
+    _mm256_setzero_ps
 );
 avx_pack!(
     F64x4,
@@ -204,5 +218,8 @@ avx_pack!(
     _mm256_div_pd,
     _mm256_sqrt_pd,
     _mm256_min_pd,
-    _mm256_max_pd
+    _mm256_max_pd,
+    _mm256_cmp_pd,
+    _mm256_blendv_pd,
+    _mm256_setzero_pd
 );

@@ -11,6 +11,7 @@
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 pub(crate) mod avx2;
+pub(crate) mod hypergradient;
 pub(crate) mod metasgd;
 // Without the `simd` feature only the scalar forms run; the pack loop stays
 // compiled (and type-checked) but unused.
@@ -25,7 +26,7 @@ mod wide;
 
 use std::sync::OnceLock;
 
-use crate::{Config, Element, Update};
+use crate::{Config, Element, RateRule, Update};
 use pack::Pack;
 use sweep::Lanewise;
 
@@ -63,6 +64,30 @@ impl<A: Element, O: Lanewise<A>> WithPacks<A> for Sweep<'_, A, O> {
     #[inline(always)]
     fn scalars(self) {
         sweep::scalar(self.u, self.op);
+    }
+}
+
+/// An update whose operation also reads and replaces the previous
+/// gradient, as [`sweep::sweep_prev`] runs it.
+struct SweepPrev<'a, A, O> {
+    u: Update<'a, A>,
+    op: O,
+    #[cfg_attr(not(feature = "simd"), allow(dead_code))]
+    streaming: bool,
+}
+
+impl<A: Element, O: sweep::LanewisePrev<A>> WithPacks<A> for SweepPrev<'_, A, O> {
+    #[inline(always)]
+    fn packs<P: Pack<A>>(self, tok: P::Token) {
+        sweep::sweep_prev::<A, P, O>(tok, self.u, self.op, self.streaming);
+        if self.streaming {
+            P::fence();
+        }
+    }
+
+    #[inline(always)]
+    fn scalars(self) {
+        sweep::scalar_prev(self.u, self.op);
     }
 }
 
@@ -175,16 +200,37 @@ impl Isa {
         self.dispatch(Sweep { u, op, streaming });
     }
 
-    /// The Meta-SGD update of one tensor.
+    /// The Meta-SGD update of one tensor, under the rate rule of `cfg`.
     #[inline]
     pub(crate) fn step<A: Element>(self, u: Update<'_, A>, cfg: &Config<A>) {
-        metasgd::with_metasgd!(*cfg, |op| self.run(u, op, cfg.streaming_stores()))
+        let streaming = cfg.streaming_stores();
+        match cfg.rule() {
+            RateRule::Reference => {
+                metasgd::with_metasgd!(*cfg, |op| self.run(u, op, streaming))
+            }
+            RateRule::Hypergradient { up, down } => {
+                let op = hypergradient::Hypergradient {
+                    cfg: *cfg,
+                    up,
+                    down,
+                };
+                self.dispatch(SweepPrev { u, op, streaming })
+            }
+        }
     }
 
     /// The roofline's trivial operation over one tensor.
     #[cfg(feature = "testing")]
     #[inline]
     pub(crate) fn traffic<A: Element>(self, u: Update<'_, A>) {
+        if u.prev.is_some() {
+            let op = traffic::Traffic;
+            return self.dispatch(SweepPrev {
+                u,
+                op,
+                streaming: false,
+            });
+        }
         self.run(u, traffic::Traffic, false)
     }
 }

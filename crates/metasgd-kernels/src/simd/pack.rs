@@ -72,4 +72,7 @@ pub trait Pack<A>: Copy {
     /// Lane-wise [`crate::scalar::clamp`]: compare and select against `A::LO`
     /// and `A::HI`, NaN lanes unchanged.
     fn clamp(self) -> Self;
+    /// Lane-wise [`crate::scalar::by_sign`]: `pos` where `self > 0`, `neg`
+    /// where `self < 0`, `other` elsewhere (zeros and NaN).
+    fn by_sign(self, pos: Self, neg: Self, other: Self) -> Self;
 }

@@ -61,7 +61,9 @@ pub(crate) fn sweep<A: Element, P: Pack<A>, O: Lanewise<A>>(
 /// The scalar form of `op` over every element.
 #[inline(always)]
 pub(crate) fn scalar<A: Element, O: Lanewise<A>>(u: Update<'_, A>, op: O) {
-    let Update { theta, alpha, grad } = u;
+    let Update {
+        theta, alpha, grad, ..
+    } = u;
     match theta {
         Theta::InPlace(theta) => {
             for ((t, a), &g) in theta.iter_mut().zip(alpha.iter_mut()).zip(grad) {
@@ -107,7 +109,9 @@ fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
     let line = 2 * lanes;
     let body = u.len() - u.len() % lanes;
     let (main, tail) = u.split_at(body);
-    let Update { theta, alpha, grad } = main;
+    let Update {
+        theta, alpha, grad, ..
+    } = main;
     // A function, not a closure: a closure would be compiled without the
     // caller's `#[target_feature]`, and the intrinsics would not inline.
     #[inline(always)]
@@ -170,4 +174,128 @@ fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
         }
     }
     scalar(tail, op);
+}
+
+/// An element-wise `(theta, g, alpha, prev) -> (theta', alpha')` whose
+/// loop also stores `g` as the next step's `prev` (the hypergradient rule),
+/// written over packs and over scalars; both must give the same bits.
+pub(crate) trait LanewisePrev<A: Element>: Copy {
+    /// The operation on packs.
+    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P);
+    /// The operation on one element (runs the tail).
+    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A);
+}
+
+/// Runs `op` over `u` (which carries `prev`): packs of `P`, then the scalar
+/// form on the tail; `prev` receives `g`.
+#[inline(always)]
+pub(crate) fn sweep_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
+    tok: P::Token,
+    u: Update<'_, A>,
+    op: O,
+    streaming: bool,
+) {
+    let u = if streaming {
+        let head = unaligned_head(&u);
+        let (head, rest) = u.split_at(head);
+        scalar_prev(head, op);
+        rest
+    } else {
+        u
+    };
+    if 4 * u.len() * size_of::<A>() >= PREFETCH_MIN_BYTES {
+        packs_prev::<A, P, O, true>(tok, u, op, streaming);
+    } else {
+        packs_prev::<A, P, O, false>(tok, u, op, streaming);
+    }
+}
+
+/// The scalar form of `op` over every element of `u` (which carries `prev`).
+#[inline(always)]
+pub(crate) fn scalar_prev<A: Element, O: LanewisePrev<A>>(u: Update<'_, A>, op: O) {
+    let Update {
+        theta,
+        alpha,
+        grad,
+        prev,
+    } = u;
+    let prev = prev.expect("an update of a rule with state carries the previous gradient");
+    let state = alpha.iter_mut().zip(prev.iter_mut()).zip(grad);
+    match theta {
+        Theta::InPlace(theta) => {
+            for (t, ((a, p), &g)) in theta.iter_mut().zip(state) {
+                (*t, *a) = op.scalar(*t, g, *a, *p);
+                *p = g;
+            }
+        }
+        Theta::Into { src, dst } => {
+            for ((o, &t), ((a, p), &g)) in dst.iter_mut().zip(src).zip(state) {
+                let (nt, na) = op.scalar(t, g, *a, *p);
+                o.write(nt);
+                (*a, *p) = (na, g);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
+    tok: P::Token,
+    u: Update<'_, A>,
+    op: O,
+    streaming: bool,
+) {
+    let lanes = P::LANES;
+    let body = u.len() - u.len() % lanes;
+    let (main, tail) = u.split_at(body);
+    let Update {
+        theta,
+        alpha,
+        grad,
+        prev,
+    } = main;
+    let prev = prev.expect("an update of a rule with state carries the previous gradient");
+    let state = alpha
+        .chunks_exact_mut(lanes)
+        .zip(grad.chunks_exact(lanes))
+        .zip(prev.chunks_exact_mut(lanes));
+    // A function, not a closure: a closure would be compiled without the
+    // caller's `#[target_feature]`, and the intrinsics would not inline.
+    #[inline(always)]
+    fn one<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
+        tok: P::Token,
+        op: O,
+        t: &[A],
+        (a, g, p): (&mut [A], &[A], &mut [A]),
+    ) -> P {
+        if PREFETCH {
+            for s in [t, g, a, p] {
+                ahead::<A, P>(s);
+            }
+        }
+        let gp = P::load(tok, g);
+        let (nt, na) = op.packs(tok, P::load(tok, t), gp, P::load(tok, a), P::load(tok, p));
+        na.store(a);
+        gp.store(p);
+        nt
+    }
+    match theta {
+        Theta::InPlace(theta) => {
+            for (t, ((a, g), p)) in theta.chunks_exact_mut(lanes).zip(state) {
+                one::<A, P, O, PREFETCH>(tok, op, t, (a, g, p)).store(t);
+            }
+        }
+        Theta::Into { src, dst } => {
+            let theta = src.chunks_exact(lanes).zip(dst.chunks_exact_mut(lanes));
+            for ((s, d), ((a, g), p)) in theta.zip(state) {
+                let nt = one::<A, P, O, PREFETCH>(tok, op, s, (a, g, p));
+                if streaming {
+                    nt.store_stream(d);
+                } else {
+                    nt.store_uninit(d);
+                }
+            }
+        }
+    }
+    scalar_prev(tail, op);
 }

@@ -59,6 +59,12 @@ macro_rules! wide_pack {
                 let above = self.simd_gt(hi).select(hi, self);
                 self.simd_lt(lo).select(lo, above)
             }
+            #[inline(always)]
+            fn by_sign(self, pos: Self, neg: Self, other: Self) -> Self {
+                let zero = <$v>::splat(0.0);
+                let below = self.simd_lt(zero).select(neg, other);
+                self.simd_gt(zero).select(pos, below)
+            }
         }
     };
 }

@@ -1,0 +1,35 @@
+//! The hypergradient rule ([`crate::RateRule::Hypergradient`]) as a
+//! [`LanewisePrev`] operation.
+
+use super::pack::Pack;
+use super::sweep::LanewisePrev;
+use crate::{Config, Element, scalar};
+
+/// [`scalar::update_hypergradient`], lane-wise: the same operations in the
+/// same order, so the same bits.
+#[derive(Clone, Copy)]
+pub(crate) struct Hypergradient<A> {
+    pub(crate) cfg: Config<A>,
+    pub(crate) up: A,
+    pub(crate) down: A,
+}
+
+impl<A: Element> LanewisePrev<A> for Hypergradient<A> {
+    #[inline(always)]
+    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P) {
+        let (up, down) = (P::splat(tok, self.up), P::splat(tok, self.down));
+        let f = g.mul(prev).by_sign(up, down, P::splat(tok, A::one()));
+        let a = alpha.mul(f).clamp();
+        let d = a.mul(g);
+        let mut t = theta;
+        for _ in 0..self.cfg.inner_steps() {
+            t = t.sub(d);
+        }
+        (t, a)
+    }
+
+    #[inline(always)]
+    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A) {
+        scalar::update_hypergradient(theta, g, alpha, prev, (self.up, self.down), &self.cfg)
+    }
+}

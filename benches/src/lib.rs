@@ -67,6 +67,20 @@ pub fn roofline<A: Element>(kernel: Kernel, theta: &mut [A], alpha: &mut [A], gr
     metasgd_kernels::traffic_many(kernel, [u]);
 }
 
+/// The hypergradient rule's roofline: its traffic (read theta, g, alpha and
+/// the previous gradient; write theta, alpha and the previous gradient)
+/// through the same loop, loads, stores and scheduling as the rule's kernel.
+pub fn roofline_prev<A: Element>(
+    kernel: Kernel,
+    theta: &mut [A],
+    alpha: &mut [A],
+    prev: &mut [A],
+    grad: &[A],
+) {
+    let u = Update::new(Theta::InPlace(theta), alpha, grad).with_prev(prev);
+    metasgd_kernels::traffic_many(kernel, [u]);
+}
+
 /// Simpler loops with the roofline's traffic, which must not beat it (else
 /// the roofline flatters the update).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

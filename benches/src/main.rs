@@ -21,7 +21,8 @@ use metasgd::kernels::{self, Kernel};
 use metasgd::ndarray::{Array1, ArrayView1, ArrayViewMut1};
 use metasgd::{MetaSGD, Optimizer};
 use metasgd_benches::{
-    Interleaved, Simple, bytes_per_element, naive_step, resnet50_sizes, roofline, sink,
+    Interleaved, Simple, bytes_per_element, naive_step, resnet50_sizes, roofline, roofline_prev,
+    sink,
 };
 
 const INNER_STEPS: usize = 5;
@@ -481,6 +482,7 @@ fn table(s: &Settings, csv: Option<&str>) {
             );
         }
     }
+    rule_rows(s, &mut out);
     for d in ["f32", "f64"] {
         if let (Some(one), Some(two)) = (find(d, 1 << 20, 1), find(d, 1 << 20, 2)) {
             let speedup = one.step_ns / two.step_ns;
@@ -499,6 +501,78 @@ fn table(s: &Settings, csv: Option<&str>) {
     }
     if !ok {
         std::process::exit(1);
+    }
+}
+
+/// One size of the hypergradient rule: its step, the reference rule's step
+/// and the rule's roofline (its own traffic: 7 arrays against 5), in the same
+/// rounds. Returns `(rule, reference, roofline)` in ns.
+fn rule_row<A: Element>(s: &Settings, n: usize, threads: usize) -> (f64, f64, f64)
+where
+    MetaSGD<A>: Optimizer<A, metasgd::ndarray::Ix1>,
+{
+    let (mut t1, g1, _) = inputs::<A>(n);
+    let (mut t2, g2, _) = inputs::<A>(n);
+    let (mut rt, rg, mut ra) = inputs::<A>(n);
+    let mut rp = Array1::from(metasgd_kernels::testdata::values::<A>(n, 3, 0));
+    // Factors whose product is 1: the rates neither drift nor saturate.
+    let rule = metasgd::Rule::Hypergradient {
+        up: A::from(2.0).unwrap(),
+        down: A::from(0.5).unwrap(),
+    };
+    let mut hyper = optimizer::<A>().with_rule(rule);
+    let mut reference = optimizer::<A>();
+    let kernel = kernels::auto(n);
+    pool(threads).install(|| {
+        let mut b = Interleaved::new();
+        let h = b.add(|| hyper.step_inplace(t1.view_mut(), g1.view()).expect("step"));
+        let r = b.add(|| {
+            reference
+                .step_inplace(t2.view_mut(), g2.view())
+                .expect("step")
+        });
+        let roof = b.add(|| {
+            let slice = "contiguous inputs";
+            roofline_prev(
+                kernel,
+                rt.as_slice_mut().expect(slice),
+                ra.as_slice_mut().expect(slice),
+                rp.as_slice_mut().expect(slice),
+                rg.as_slice().expect(slice),
+            )
+        });
+        b.run(s.rounds, s.batch);
+        (b.median_ns(h), b.median_ns(r), b.median_ns(roof))
+    })
+}
+
+/// `7.` the hypergradient rule against its own roofline (>= 0.90 at 16M)
+/// and against the reference rule (at most its traffic ratio, 7/5).
+fn rule_rows(s: &Settings, out: &mut String) {
+    let sizes: Vec<usize> = s.sizes.iter().copied().filter(|&n| n >= 1 << 20).collect();
+    for &n in &sizes {
+        for t in [1, 2] {
+            progress(&format!("hypergradient rule {} on {t} thread(s)", label(n)));
+            for (d, (rule, reference, roof)) in [
+                ("f32", rule_row::<f32>(s, n, t)),
+                ("f64", rule_row::<f64>(s, n, t)),
+            ] {
+                let (frac, ratio) = (roof / rule, rule / reference);
+                let want = if n >= 1 << 24 { 0.90 } else { 0.85 };
+                println!(
+                    "  7. hypergradient rule {d} {} {t}T: {:.4} ns/elem, {frac:.3} of its roofline (target >= {want:.2}) {}, {ratio:.3}x the reference rule's time (target <= 1.40) {}",
+                    label(n),
+                    rule / n as f64,
+                    verdict(frac >= want),
+                    verdict(ratio <= 1.40)
+                );
+                let _ = writeln!(
+                    out,
+                    "rule_{d},{n},{t},{:.5},,{frac:.4},,{rule:.1},{roof:.1},{reference:.1},hypergradient",
+                    rule / n as f64
+                );
+            }
+        }
     }
 }
 

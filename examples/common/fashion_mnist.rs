@@ -26,17 +26,29 @@ pub(crate) struct Common {
     /// Mini-batch size.
     #[arg(long, default_value_t = 64)]
     pub(crate) batch: usize,
-    /// MetaSGD's base rate (every per-parameter rate starts here).
+    /// MetaSGD's base rate under the reference rule (every per-parameter
+    /// rate starts here).
     #[arg(long, default_value_t = 0.1)]
     pub(crate) base_lr: f64,
+    /// The base rate of the run with the hypergradient rule (its default:
+    /// the middle of the two decades it is measured over).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) hypergradient_lr: f64,
+    /// Also run the base-rate table: the hypergradient rule and the
+    /// reference rule from 0.001, 0.01 and 0.1 (prints `base_rate_robustness ...`).
+    #[arg(long)]
+    pub(crate) robustness: bool,
+    /// Test-set evaluations per epoch (the curves' points).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) evals_per_epoch: usize,
     /// MetaSGD's rate of the rates.
     #[arg(long, default_value_t = 0.01)]
     pub(crate) alpha_lr: f64,
     /// SGD's rates to try; the best final test accuracy is reported.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.03,0.1")]
+    #[arg(long, value_delimiter = ',', default_value = "0.001,0.01,0.03,0.1")]
     pub(crate) sgd_grid: Vec<f64>,
     /// A short run for CI: 3,000 training and 1,000 test images, one epoch,
-    /// the first rate of the SGD grid.
+    /// the last rate of the SGD grid, two evaluations.
     #[arg(long)]
     pub(crate) smoke: bool,
     /// Where the SVG and the checkpoint go.
@@ -174,10 +186,14 @@ pub(crate) fn load(args: &Common) -> (Split, Split) {
 }
 
 /// The run's epochs (`default` unless `--epochs`; 1 under `--smoke`), and
-/// `--smoke`'s one-rate SGD grid.
+/// `--smoke`'s one-rate SGD grid and two evaluations.
 pub(crate) fn settle(args: &mut Common, default: usize) -> usize {
+    args.evals_per_epoch = args.evals_per_epoch.max(1);
     if args.smoke {
-        args.sgd_grid.truncate(1);
+        args.sgd_grid = args
+            .sgd_grid
+            .split_off(args.sgd_grid.len().saturating_sub(1));
+        args.evals_per_epoch = 2;
         return 1;
     }
     args.epochs.unwrap_or(default)
@@ -192,22 +208,60 @@ pub(crate) fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
     idx.chunks(batch).map(<[usize]>::to_vec).collect()
 }
 
-/// A run's test accuracy after every epoch.
-pub(crate) struct Curve {
-    pub(crate) name: String,
-    pub(crate) acc: Vec<f64>,
+/// Whether the test set is evaluated after batch `b` (0-based) of `batches`:
+/// `evals` times per epoch, evenly, the last after the epoch's last batch.
+pub(crate) fn evaluate_after(b: usize, batches: usize, evals: usize) -> bool {
+    (1..=evals).any(|k| (k * batches).div_ceil(evals) == b + 1)
 }
 
-/// Keeps the better of two SGD runs (by final accuracy).
-pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, acc: Vec<f64>) {
-    let last = acc.last().copied().unwrap_or(0.0);
-    println!("  SGD lr {lr}: test accuracy per epoch {acc:.4?}, last {last:.4}");
-    if best.as_ref().is_none_or(|b| acc.last() > b.acc.last()) {
-        *best = Some(Curve {
-            name: format!("SGD (lr {lr}, best of the grid)"),
-            acc,
-        });
+/// A run's test accuracy at its evaluation points: `(epoch, accuracy)`,
+/// the epoch fractional (1.25 = a quarter into the second epoch).
+pub(crate) struct Curve {
+    pub(crate) name: String,
+    pub(crate) points: Vec<(f64, f64)>,
+}
+
+impl Curve {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            points: Vec::new(),
+        }
     }
+
+    /// The final test accuracy (NaN before any evaluation).
+    pub(crate) fn last(&self) -> f64 {
+        self.points.last().map_or(f64::NAN, |p| p.1)
+    }
+}
+
+/// Keeps the better of two SGD runs (by final accuracy); returns the run's
+/// final accuracy.
+pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, mut curve: Curve) -> f64 {
+    let last = curve.last();
+    println!("  SGD lr {lr}: final test accuracy {last:.4}");
+    curve.name = format!("SGD (lr {lr}, best of the grid)");
+    if best.as_ref().is_none_or(|b| last > b.last()) {
+        *best = Some(curve);
+    }
+    last
+}
+
+/// The base-rate table's line: the final test accuracy of the hypergradient
+/// and the reference rule from each base rate, the best SGD and AdamW.
+pub(crate) fn robustness_line(
+    hypergradient: &[(f64, f64)],
+    reference: &[(f64, f64)],
+    sgd_best: f64,
+    adamw: f64,
+) -> String {
+    let mut line = String::from("base_rate_robustness");
+    for (label, runs) in [("hypergradient", hypergradient), ("reference", reference)] {
+        for (lr, acc) in runs {
+            line += &format!(" {label}_{lr}={acc:.4}");
+        }
+    }
+    line + &format!(" sgd_best={sgd_best:.4} adamw={adamw:.4}")
 }
 
 /// Test accuracy against epochs, one line per curve.
@@ -216,27 +270,39 @@ pub(crate) fn plot(
     title: &str,
     curves: &[Curve],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
+    let root = SVGBackend::new(path, (860, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let epochs = curves.iter().map(|c| c.acc.len()).max().unwrap_or(1);
+    let epochs = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .fold(1.0_f64, f64::max);
     let lo = curves
         .iter()
-        .flat_map(|c| c.acc.iter().copied())
+        .flat_map(|c| c.points.iter().map(|p| p.1))
         .fold(1.0_f64, f64::min)
-        .min(0.85);
+        .clamp(0.5, 0.85);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(1..epochs.max(2), (lo - 0.01)..1.0)?;
+        .build_cartesian_2d(0.0..epochs, (lo - 0.01)..0.95)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("test accuracy")
         .draw()?;
-    for (c, color) in curves.iter().zip([BLUE, RED, GREEN, MAGENTA, CYAN, BLACK]) {
-        let pts: Vec<(usize, f64)> = c.acc.iter().enumerate().map(|(i, &a)| (i + 1, a)).collect();
+    let colors = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(255, 140, 0),
+    ];
+    for (c, &color) in curves.iter().zip(colors.iter().cycle()) {
+        let pts = c.points.clone();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(c.name.clone())
@@ -247,6 +313,7 @@ pub(crate) fn plot(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
@@ -254,29 +321,33 @@ pub(crate) fn plot(
     Ok(())
 }
 
-/// Prints every curve and the machine-readable last line (MetaSGD, AdamW,
-/// the best SGD, in that order in `curves`); exits 1 when the resumed run
-/// differed.
-pub(crate) fn report(curves: &[Curve], resumed_equal: bool) {
+/// Prints every curve's final accuracy, the base-rate table's line (when it
+/// ran) and the machine-readable last line (MetaSGD, AdamW, the best SGD and
+/// the hypergradient rule, in that order in `curves`); exits 1 when the
+/// resumed run differed.
+pub(crate) fn report(curves: &[Curve], robustness: Option<String>, resumed_equal: bool) {
     for c in curves {
-        let per_epoch: Vec<String> = c.acc.iter().map(|a| format!("{a:.4}")).collect();
+        let per: Vec<String> = c
+            .points
+            .iter()
+            .map(|(e, a)| format!("{e:.2}:{a:.4}"))
+            .collect();
         println!(
-            "  {:<32} test accuracy per epoch: {}",
+            "  {:<34} test accuracy (epoch:acc) {}",
             c.name,
-            per_epoch.join(" ")
+            per.join(" ")
         );
     }
-    let last = |i: usize| {
-        curves
-            .get(i)
-            .and_then(|c| c.acc.last().copied())
-            .unwrap_or(f64::NAN)
-    };
+    let last = |i: usize| curves.get(i).map_or(f64::NAN, Curve::last);
+    if let Some(line) = robustness {
+        println!("{line}");
+    }
     println!(
-        "test_accuracy metasgd={:.4} adamw={:.4} sgd={:.4} resumed_bitwise_equal={resumed_equal}",
+        "test_accuracy metasgd={:.4} adamw={:.4} sgd={:.4} hypergradient={:.4} resumed_bitwise_equal={resumed_equal}",
         last(0),
         last(1),
-        last(2)
+        last(2),
+        last(3)
     );
     if !resumed_equal {
         std::process::exit(1);

@@ -1,8 +1,10 @@
 //! A real network on real data with burn: a small CNN on Fashion-MNIST
 //! (60,000 training and 10,000 test images, 28x28) on the Flex CPU backend,
 //! trained from the same initialisation and in the same batch order with
-//! `metasgd_burn::MetaSGD`, burn's `AdamW` (default settings, lr 1e-3) and
-//! `Sgd` (the best rate of a small grid); test accuracy after every epoch;
+//! `metasgd_burn::MetaSGD` (the reference rule from base rate 0.1, the
+//! hypergradient rule from 0.01), burn's `AdamW` (default settings, lr 1e-3)
+//! and `Sgd` (the best rate of 0.001, 0.01, 0.03, 0.1); test accuracy four
+//! times per epoch; `--robustness` adds both rules from 0.001, 0.01 and 0.1;
 //! halfway, MetaSGD's run is saved with burn's own records (the model's and
 //! the optimizer's burnpack files), resumed in a fresh model and optimizer,
 //! and must end bitwise equal to the uninterrupted run.
@@ -11,10 +13,12 @@
 //! apt-get install dataset-fashion-mnist          # the four *-ubyte.gz files
 //! cargo run --release -p metasgd-burn --example fashion_mnist
 //! cargo run --release -p metasgd-burn --example fashion_mnist -- --smoke   # CI
+//! cargo run --release -p metasgd-burn --example fashion_mnist -- --robustness
 //! ```
 //!
 //! The last line is machine-readable:
-//! `test_accuracy metasgd=0.9xxx adamw=0.9xxx sgd=0.9xxx resumed_bitwise_equal=true`.
+//! `test_accuracy metasgd=0.9xxx adamw=0.9xxx sgd=0.9xxx hypergradient=0.9xxx resumed_bitwise_equal=true`,
+//! after `base_rate_robustness hypergradient_0.001=.. .. sgd_best=.. adamw=..` under `--robustness`.
 
 use std::time::Instant;
 
@@ -32,6 +36,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[path = "../../../examples/common/fashion_mnist.rs"]
 mod common;
 use common::{Common, Curve, SEED, Split};
+use metasgd_core::{MetaSGDConfig, Rule};
 
 /// Train a CNN on Fashion-MNIST with MetaSGD, AdamW and SGD (burn, Flex).
 #[derive(Parser, Debug)]
@@ -96,23 +101,80 @@ fn accuracy(net: &Cnn, test: &Split, device: &Device) -> f64 {
 /// What every epoch reads.
 struct Run<'a> {
     train: &'a Split,
+    test: &'a Split,
     batch: usize,
+    evals: usize,
     device: Device,
     bar: ProgressBar,
 }
 
-/// One epoch (number `e`) of `optim` at rate `lr` on `net`.
-fn epoch(run: &Run<'_>, mut net: Cnn, optim: &mut ModuleOptimizer, lr: f64, e: usize) -> Cnn {
-    let (train, device, bar) = (run.train, &run.device, &run.bar);
+/// Epochs `epochs` of `optim` at rate `lr` on `net`; the test accuracy goes
+/// to `curve` `run.evals` times per epoch (no evaluation without a curve).
+fn train(
+    run: &Run<'_>,
+    mut net: Cnn,
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+    epochs: std::ops::Range<usize>,
+    mut curve: Option<&mut Curve>,
+) -> Cnn {
+    let (device, bar) = (&run.device, &run.bar);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
-    for idx in common::order(train.len(), run.batch, e) {
-        let (x, y) = batch(train, &idx, device);
-        let loss = loss_fn.forward(net.forward(x), y);
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(lr, net, grads);
-        bar.inc(1);
+    for e in epochs {
+        let batches = common::order(run.train.len(), run.batch, e);
+        let n = batches.len();
+        for (b, idx) in batches.iter().enumerate() {
+            let (x, y) = batch(run.train, idx, device);
+            let loss = loss_fn.forward(net.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr, net, grads);
+            bar.inc(1);
+            if let Some(c) = curve.as_deref_mut()
+                && common::evaluate_after(b, n, run.evals)
+            {
+                let at = e as f64 + (b + 1) as f64 / n as f64;
+                c.points.push((at, accuracy(&net, run.test, device)));
+            }
+        }
     }
     net
+}
+
+/// MetaSGD for burn with the example's settings and `rule`.
+fn metasgd(args: &Common, rule: Rule<f64>) -> metasgd_burn::MetaSGD {
+    metasgd_burn::MetaSGD::new(
+        MetaSGDConfig::<f64>::default()
+            .with_inner_steps(1)
+            .with_alpha_lr(args.alpha_lr)
+            .with_rule(rule),
+    )
+}
+
+/// A whole run of MetaSGD under `rule` from base rate `lr`, checking that
+/// burn recorded no refused step.
+fn metasgd_run(
+    run: &Run<'_>,
+    args: &Common,
+    init: &Cnn,
+    (rule, lr): (Rule<f64>, f64),
+    epochs: usize,
+    name: String,
+) -> Result<Curve, String> {
+    let meta = metasgd(args, rule);
+    let mut curve = Curve::new(name);
+    run.bar.set_message(curve.name.clone());
+    train(
+        run,
+        init.clone(),
+        &mut meta.init(),
+        lr,
+        0..epochs,
+        Some(&mut curve),
+    );
+    match meta.take_errors() {
+        e if e.is_empty() => Ok(curve),
+        e => Err(format!("MetaSGD refused steps: {e:?}")),
+    }
 }
 
 /// The bits of every parameter, in the module's order.
@@ -137,105 +199,145 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adamw_lr = parsed.adamw_lr;
     let mut args = parsed.common;
     let epochs = common::settle(&mut args, 4);
-    let (train, test) = common::load(&args);
+    let (train_set, test) = common::load(&args);
     std::fs::create_dir_all(&args.out)?;
     let start = Instant::now();
     println!(
-        "Fashion-MNIST: {} training and {} test images; CNN 16c3-pool-32c3-pool-fc10 (burn, Flex); batch {}, {} epochs, seed {SEED}",
-        train.len(),
+        "Fashion-MNIST: {} training and {} test images; CNN 16c3-pool-32c3-pool-fc10 (burn, Flex); batch {}, {} epochs, {} evaluations per epoch, seed {SEED}",
+        train_set.len(),
         test.len(),
         args.batch,
-        epochs
+        epochs,
+        args.evals_per_epoch
     );
     let device = Device::flex().autodiff();
     device.seed(SEED);
     let init = Cnn::new(&device);
 
-    let batches = train.len().div_ceil(args.batch) as u64;
-    let runs = 2 + args.sgd_grid.len() as u64;
+    let extra = robustness_runs(&args);
+    let batches = train_set.len().div_ceil(args.batch) as u64;
+    let runs = 3 + args.sgd_grid.len() as u64 + extra.len() as u64;
     let bar =
         ProgressBar::new(batches * (epochs as u64 * runs + epochs as u64 - epochs as u64 / 2));
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} batches {elapsed_precise} eta {eta} {msg}",
     )?);
     let run = Run {
-        train: &train,
+        train: &train_set,
+        test: &test,
         batch: args.batch,
+        evals: args.evals_per_epoch,
         device: device.clone(),
         bar: bar.clone(),
     };
-    let mut curves = Vec::new();
 
-    // MetaSGD, uninterrupted; model and optimizer saved halfway with burn's records.
+    // MetaSGD (the reference rule), uninterrupted; model and optimizer saved
+    // halfway with burn's records.
     let half = epochs / 2;
     let model_file = args.out.join("fashion-mnist-burn-model.bpk");
     let optim_file = args.out.join("fashion-mnist-burn-metasgd.bpk");
-    let meta = metasgd_burn::MetaSGD::new(
-        metasgd_core::MetaSGDConfig::<f64>::default()
-            .with_inner_steps(1)
-            .with_alpha_lr(args.alpha_lr),
-    );
+    let meta = metasgd(&args, Rule::Reference);
     let mut optim = meta.init();
-    let mut net = init.clone();
-    let mut acc = Vec::new();
-    for e in 0..epochs {
-        if e == half {
-            net.clone().save_file(&model_file)?;
-            optim.save(&optim_file)?;
-        }
-        bar.set_message(format!("metasgd epoch {}", e + 1));
-        net = epoch(&run, net, &mut optim, args.base_lr, e);
-        acc.push(accuracy(&net, &test, &device));
-    }
-    let errors = meta.take_errors();
-    if !errors.is_empty() {
+    let mut reference = Curve::new(format!(
+        "MetaSGD, reference rule (base rate {})",
+        args.base_lr
+    ));
+    bar.set_message("metasgd");
+    let net = train(
+        &run,
+        init.clone(),
+        &mut optim,
+        args.base_lr,
+        0..half,
+        Some(&mut reference),
+    );
+    net.clone().save_file(&model_file)?;
+    optim.save(&optim_file)?;
+    let net = train(
+        &run,
+        net,
+        &mut optim,
+        args.base_lr,
+        half..epochs,
+        Some(&mut reference),
+    );
+    if let errors @ [_, ..] = &meta.take_errors()[..] {
         return Err(format!("MetaSGD refused steps: {errors:?}").into());
     }
     let uninterrupted = bits(&net);
-    curves.push(Curve {
-        name: "MetaSGD".into(),
-        acc,
-    });
 
     // Resumed from the files in a fresh model and optimizer.
-    let mut net2 = Cnn::new(&device).try_load_file(&model_file)?;
+    bar.set_message("resumed");
+    let net2 = Cnn::new(&device).try_load_file(&model_file)?;
     let mut optim2 = meta.init().load(&optim_file)?;
-    for e in half..epochs {
-        bar.set_message(format!("resumed epoch {}", e + 1));
-        net2 = epoch(&run, net2, &mut optim2, args.base_lr, e);
-    }
+    let net2 = train(&run, net2, &mut optim2, args.base_lr, half..epochs, None);
     let resumed_equal = bits(&net2) == uninterrupted && meta.take_errors().is_empty();
 
     // AdamW with burn's defaults.
-    let mut adamw = AdamWConfig::new().init();
-    let mut net = init.clone();
-    let mut acc = Vec::new();
-    for e in 0..epochs {
-        bar.set_message(format!("adamw epoch {}", e + 1));
-        net = epoch(&run, net, &mut adamw, adamw_lr, e);
-        acc.push(accuracy(&net, &test, &device));
-    }
-    curves.push(Curve {
-        name: format!("AdamW (defaults, lr {adamw_lr})"),
-        acc,
-    });
+    bar.set_message("adamw");
+    let mut adamw = Curve::new(format!("AdamW (defaults, lr {adamw_lr})"));
+    train(
+        &run,
+        init.clone(),
+        &mut AdamWConfig::new().init(),
+        adamw_lr,
+        0..epochs,
+        Some(&mut adamw),
+    );
 
     // SGD, every rate of the grid; the best is reported.
     let mut best_sgd: Option<Curve> = None;
     for &lr in &args.sgd_grid {
-        let mut sgd = SgdConfig::new().init();
-        let mut net = init.clone();
-        let mut acc = Vec::new();
-        for e in 0..epochs {
-            bar.set_message(format!("sgd {lr} epoch {}", e + 1));
-            net = epoch(&run, net, &mut sgd, lr, e);
-            acc.push(accuracy(&net, &test, &device));
-        }
-        bar.suspend(|| common::keep_best(&mut best_sgd, lr, acc));
+        bar.set_message(format!("sgd {lr}"));
+        let mut curve = Curve::new("");
+        train(
+            &run,
+            init.clone(),
+            &mut SgdConfig::new().init(),
+            lr,
+            0..epochs,
+            Some(&mut curve),
+        );
+        bar.suspend(|| common::keep_best(&mut best_sgd, lr, curve));
+    }
+    let sgd_best = best_sgd.as_ref().map_or(f64::NAN, Curve::last);
+
+    // The hypergradient rule from its default base rate, then the table's runs.
+    let default_rule = (Rule::hypergradient(), args.hypergradient_lr);
+    let name = format!(
+        "MetaSGD, hypergradient rule (base rate {})",
+        args.hypergradient_lr
+    );
+    let hypergradient = metasgd_run(&run, &args, &init, default_rule, epochs, name)?;
+    let mut table = (Vec::new(), Vec::new());
+    for (rule, lr) in extra {
+        let label = if matches!(rule, Rule::Reference) {
+            "reference"
+        } else {
+            "hypergradient"
+        };
+        let name = format!("{label} rule from {lr}");
+        let curve = metasgd_run(&run, &args, &init, (rule, lr), epochs, name)?;
+        bar.suspend(|| println!("  {}: final test accuracy {:.4}", curve.name, curve.last()));
+        let side = if matches!(rule, Rule::Reference) {
+            &mut table.1
+        } else {
+            &mut table.0
+        };
+        side.push((lr, curve.last()));
     }
     bar.finish_and_clear();
-    curves.extend(best_sgd);
+    let robustness = args.robustness.then(|| {
+        table.0.push((args.hypergradient_lr, hypergradient.last()));
+        table.1.push((args.base_lr, reference.last()));
+        table.0.sort_by(|a, b| a.0.total_cmp(&b.0));
+        table.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+        common::robustness_line(&table.0, &table.1, sgd_best, adamw.last())
+    });
 
+    let mut curves = vec![reference, adamw];
+    curves.extend(best_sgd);
+    curves.push(hypergradient);
     let svg = args.out.join("fashion-mnist-burn.svg");
     common::plot(
         &svg,
@@ -249,6 +351,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         optim_file.display(),
         start.elapsed().as_secs_f64()
     );
-    common::report(&curves, resumed_equal);
+    common::report(&curves, robustness, resumed_equal);
     Ok(())
+}
+
+/// The runs of the base-rate table besides the main ones (under
+/// `--robustness`): the hypergradient and the reference rule from each of
+/// 0.001, 0.01 and 0.1 not run already.
+fn robustness_runs(args: &Common) -> Vec<(Rule<f64>, f64)> {
+    if !args.robustness {
+        return Vec::new();
+    }
+    let rates = [0.001, 0.01, 0.1];
+    let hyper = rates.iter().filter(|&&lr| lr != args.hypergradient_lr);
+    let reference = rates.iter().filter(|&&lr| lr != args.base_lr);
+    hyper
+        .map(|&lr| (Rule::hypergradient(), lr))
+        .chain(reference.map(|&lr| (Rule::Reference, lr)))
+        .collect()
 }

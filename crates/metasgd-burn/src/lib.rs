@@ -88,7 +88,7 @@ use burn::optim::{
     GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
 };
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use metasgd_core::{MAX_COUNT, MetaSGDConfig, NonFinitePolicy, Verdict};
+use metasgd_core::{MAX_COUNT, MetaSGDConfig, NonFinitePolicy, Rule, Verdict};
 use metasgd_kernels::Element;
 
 /// At most this many errors are kept between two [`MetaSGD::take_errors`]
@@ -295,41 +295,57 @@ impl MetaSGD {
                 lr,
                 steps: 0,
                 skipped: 0,
+                prev: None,
                 problem: None,
             },
         };
+        // The rule's state: the previous gradient under the hypergradient
+        // rule (zeros before the first step), none under the reference rule.
+        let prev = match config.rule {
+            Rule::Reference => None,
+            _ => Some(
+                state
+                    .prev
+                    .take()
+                    .unwrap_or_else(|| Tensor::zeros(dims, (&device, A::dtype()))),
+            ),
+        };
+        let mut prev = prev.map(Lent::new);
         let mut rates = Lent::new(state.rates);
         let mut theta = Lent::new(tensor);
+        let prev_values = prev.as_mut().map(|p| p.values_mut::<A>());
         let buffers = (
             theta.values_mut::<A>(),
             rates.values_mut::<A>(),
             grad.values::<A>(),
         );
-        let outcome = match buffers {
-            (Some(t), Some(a), Some(g)) => {
-                if state.lr != lr {
-                    let old = A::from(state.lr).unwrap_or_else(A::nan);
-                    metasgd_core::rescale_rates(a, old, a_lr);
-                    state.lr = lr;
-                }
-                match verdict {
-                    Verdict::Skip => {
-                        state.skipped += 1;
-                        Ok(())
-                    }
-                    // The policy was applied above; the kernels run
-                    // unconditionally. An error is not reached: everything
-                    // the core checks was checked above.
-                    Verdict::Step => config
-                        .with_non_finite(NonFinitePolicy::Propagate)
-                        .step_slices(t, a, g)
-                        .map(|_| state.steps += 1)
-                        .map_err(step_error),
-                }
-            }
+        let outcome = match (buffers, prev_values) {
+            ((Some(t), Some(a), Some(g)), None) => Ok((t, a, g, None)),
+            ((Some(t), Some(a), Some(g)), Some(Some(p))) => Ok((t, a, g, Some(p))),
             _ => Err(not_a()),
         };
+        let outcome = outcome.and_then(|(t, a, g, p)| {
+            if state.lr != lr {
+                let old = A::from(state.lr).unwrap_or_else(A::nan);
+                metasgd_core::rescale_rates(a, old, a_lr);
+                state.lr = lr;
+            }
+            if verdict == Verdict::Skip {
+                state.skipped += 1;
+                return Ok(());
+            }
+            // The policy was applied above; the kernels run unconditionally.
+            // An error is not reached: everything the core checks was checked.
+            let config = config.with_non_finite(NonFinitePolicy::Propagate);
+            match p {
+                Some(p) => config.step_slices_with_prev(t, a, p, g),
+                None => config.step_slices(t, a, g),
+            }
+            .map(|_| state.steps += 1)
+            .map_err(step_error)
+        });
         state.rates = rates.into_tensor(&device);
+        state.prev = prev.map(|p| p.into_tensor(&device));
         let theta = theta.into_tensor(&device);
         match outcome {
             Ok(()) => Ok((theta, state)),
@@ -462,6 +478,7 @@ impl Optimizer for MetaSGD {
 
     fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
         state.rates = state.rates.to_device(device);
+        state.prev = state.prev.map(|p| p.to_device(device));
         state
     }
 }
@@ -479,6 +496,10 @@ pub struct MetaSGDState<const D: usize> {
     pub steps: u64,
     /// Steps skipped under [`NonFinitePolicy::Skip`].
     pub skipped: u64,
+    /// The rule's state: under [`Rule::Hypergradient`], the previous
+    /// gradient (same shape and dtype as the parameter); `None` under
+    /// [`Rule::Reference`] (and before a first step).
+    pub prev: Option<Tensor<D>>,
     /// Why a loaded state cannot be used (its steps are refused and
     /// recorded, never silently restarted).
     problem: Option<String>,
@@ -552,6 +573,7 @@ const RATES: &str = "rates";
 const LR: &str = "lr";
 const STEPS: &str = "steps";
 const SKIPPED: &str = "skipped";
+const PREV: &str = "prev";
 
 impl<const D: usize> RecordState for MetaSGDState<D> {
     fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
@@ -559,6 +581,9 @@ impl<const D: usize> RecordState for MetaSGDState<D> {
         out.push_scalar(prefix, LR, self.lr.into());
         out.push_scalar(prefix, STEPS, self.steps.into());
         out.push_scalar(prefix, SKIPPED, self.skipped.into());
+        if let Some(p) = &self.prev {
+            out.push_tensor(prefix, PREV, p.to_data());
+        }
     }
 
     /// Rebuilds a state, checking it first (the rank, every rate against
@@ -575,9 +600,19 @@ impl<const D: usize> RecordState for MetaSGDState<D> {
         let lr = scalar(src, LR).and_then(|s| f64::try_from(s).ok());
         let steps = scalar(src, STEPS).and_then(|s| u64::try_from(s).ok());
         let skipped = scalar(src, SKIPPED).and_then(|s| u64::try_from(s).ok());
+        let prev = src.take_tensor(prefix, PREV);
         let problem = match (&rates, lr, steps, skipped) {
             (Some(r), Some(lr), Some(steps), Some(skipped)) => {
-                Self::validate(r, lr, steps, skipped).err()
+                Self::validate(r, lr, steps, skipped).err().or_else(|| {
+                    let other = |p: &&TensorData| p.shape() != r.shape() || p.dtype() != r.dtype();
+                    prev.as_ref().filter(other).map(|p| {
+                        format!(
+                            "{PREV} is {:?} of shape {:?}, unlike the rates",
+                            p.dtype(),
+                            p.shape()
+                        )
+                    })
+                })
             }
             _ => Some(format!(
                 "the record lacks one of {prefix}.{{{RATES}, {LR}, {STEPS}, {SKIPPED}}} or holds the wrong kind"
@@ -590,11 +625,16 @@ impl<const D: usize> RecordState for MetaSGDState<D> {
             }
             _ => Tensor::zeros([0; D], device),
         };
+        let prev = prev.filter(|_| problem.is_none()).map(|p| {
+            let dtype = p.dtype();
+            Tensor::from_data(p, (device, dtype))
+        });
         Some(Self {
             rates,
             lr: lr.unwrap_or(f64::NAN),
             steps: steps.unwrap_or(0),
             skipped: skipped.unwrap_or(0),
+            prev,
             problem,
         })
     }

@@ -152,16 +152,26 @@ where
     A: metasgd_kernels::Element + burn::tensor::Element,
     metasgd_core::MetaSGD<A>: metasgd_core::Optimizer<A, IxDyn>,
 {
+    check_bitwise_under::<A>(dtype, metasgd_core::Rule::Reference);
+}
+
+/// Burn's module step and its per-tensor step against the core optimizer
+/// under `rule`, with a schedule that changes the rate.
+fn check_bitwise_under<A>(dtype: DType, rule: metasgd_core::Rule<f64>)
+where
+    A: metasgd_kernels::Element + burn::tensor::Element,
+    metasgd_core::MetaSGD<A>: metasgd_core::Optimizer<A, IxDyn>,
+{
     // Three inner steps, a schedule that halves the rate after two steps.
     let lrs = [0.05, 0.05, 0.025, 0.025, 0.1];
-    let meta = MetaSGD::new(
-        metasgd_core::MetaSGDConfig::<f64>::default()
-            .with_alpha_lr(0.01)
-            .with_inner_steps(3),
+    let settings = metasgd_core::MetaSGDConfig::<f64>::default()
+        .with_alpha_lr(0.01)
+        .with_inner_steps(3)
+        .with_rule(rule);
+    let meta = MetaSGD::new(settings);
+    let config = metasgd_core::MetaSGD::from_config(
+        settings.cast::<A>().with_base_lr(A::from(lrs[0]).unwrap()),
     );
-    let config = metasgd_core::MetaSGD::<A>::new(A::from(lrs[0]).unwrap())
-        .with_alpha_lr(A::from(0.01).unwrap())
-        .with_inner_steps(3);
     let (want, want_rates, steps) = core_run::<A>(dtype, &lrs, config);
     assert_eq!(steps, lrs.len());
     let (n, _) = burn_run(&meta, dtype, &lrs);
@@ -171,6 +181,16 @@ where
     assert_eq!(bits(&rates), bits(&want_rates));
     assert_eq!(counts, [lrs.len() as u64; 3]);
     assert!(meta.take_errors().is_empty());
+}
+
+#[test]
+fn the_hypergradient_rule_is_bitwise_the_core_optimizers() {
+    let rule = metasgd_core::Rule::Hypergradient {
+        up: 1.25,
+        down: 0.5,
+    };
+    check_bitwise_under::<f32>(DType::F32, rule);
+    check_bitwise_under::<f64>(DType::F64, rule);
 }
 
 #[test]
@@ -206,13 +226,29 @@ fn flex_parameters_are_updated_in_their_own_buffers() {
 
 #[test]
 fn a_record_saved_with_burn_reloads_to_the_same_next_steps() {
+    record_round_trip(metasgd_core::Rule::Reference, "reference");
+}
+
+#[test]
+fn a_record_carries_the_hypergradient_rules_state() {
+    let rule = metasgd_core::Rule::Hypergradient {
+        up: 1.25,
+        down: 0.5,
+    };
+    record_round_trip(rule, "hypergradient");
+}
+
+/// Three steps under `rule`, burn's record saved and loaded into a fresh
+/// optimizer: the next steps are bitwise those of the original.
+fn record_round_trip(rule: metasgd_core::Rule<f64>, tag: &str) {
     let meta = MetaSGD::new(
         metasgd_core::MetaSGDConfig::<f64>::default()
             .with_alpha_lr(0.05)
-            .with_inner_steps(2),
+            .with_inner_steps(2)
+            .with_rule(rule),
     );
     let (n, optim) = burn_run(&meta, DType::F32, &[0.1, 0.1, 0.05]);
-    let dir = std::env::temp_dir().join(format!("metasgd-burn-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("metasgd-burn-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("optim.bpk");
     optim.save(&path).unwrap();

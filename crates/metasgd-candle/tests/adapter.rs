@@ -61,6 +61,15 @@ fn same_numbers<A: CandleElement>()
 where
     metasgd_core::MetaSGD<A>: Optimizer<A, IxDyn>,
 {
+    same_numbers_with(config::<A>());
+}
+
+/// The adapter against `step_list_inplace` with the same settings, in the
+/// vars' own buffers, NaN gradient included.
+fn same_numbers_with<A: CandleElement>(config: metasgd_core::MetaSGDConfig<A>)
+where
+    metasgd_core::MetaSGD<A>: Optimizer<A, IxDyn>,
+{
     let shapes = shapes();
     let init: Vec<Vec<A>> = shapes
         .iter()
@@ -73,14 +82,14 @@ where
         .map(|(s, v)| Var::from_tensor(&tensor::<A>(s, v.clone())).unwrap())
         .collect();
     let before: Vec<usize> = vars.iter().map(|v| buffer(v.as_tensor())).collect();
-    let mut opt = MetaSGD::new(vars.clone(), config::<A>()).unwrap();
+    let mut opt = MetaSGD::new(vars.clone(), config).unwrap();
     // The same numbers through the ndarray path.
     let mut params: Vec<ArrayD<A>> = shapes
         .iter()
         .zip(&init)
         .map(|(s, v)| ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap())
         .collect();
-    let mut core = metasgd_core::MetaSGD::from_config(config::<A>());
+    let mut core = metasgd_core::MetaSGD::from_config(config);
     for step in 0..4 {
         let mut grads = GradStore::default();
         let mut nd = Vec::new();
@@ -111,6 +120,18 @@ where
     };
     assert_eq!(rates(opt.state()), rates(&core));
     assert_eq!(opt.state().get_step_count(), 4);
+    assert_eq!(opt.state().previous_gradients(), core.previous_gradients());
+}
+
+#[test]
+fn the_hypergradient_rule_is_bitwise_the_core_optimizers() {
+    let rule = |up: f64, down: f64| metasgd_core::Rule::Hypergradient { up, down };
+    same_numbers_with(config::<f64>().with_rule(rule(1.25, 0.5)));
+    let r32 = metasgd_core::Rule::Hypergradient {
+        up: 1.25_f32,
+        down: 0.5,
+    };
+    same_numbers_with(config::<f32>().with_rule(r32));
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! ```text
 //! cargo run --release -p metasgd --example diabetes            # 600 epochs
 //! cargo run --release -p metasgd --example diabetes -- --smoke # 40 epochs (CI)
+//! cargo run --release -p metasgd --example diabetes -- --robustness # + the base-rate table
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use metasgd::meta::{Mlp, Objective, Regression};
 use metasgd::ndarray::{Array2, ArrayD, Axis, IxDyn};
-use metasgd::{MetaSGD, Optimizer};
+use metasgd::{MetaSGD, Optimizer, Rule};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -131,10 +132,19 @@ fn loss(p: &Params, x: &Array2<f32>, y: &Array2<f32>, grad: bool) -> (f32, Optio
 /// How a run updates the parameters.
 enum Trainer {
     MetaSgd(MetaSGD<f32>),
-    Sgd,
+    /// Plain SGD at this rate.
+    Sgd(f32),
+    /// Adam with PyTorch's defaults (`lr = 0.001`, betas 0.9 and 0.999,
+    /// `eps = 1e-8`): its moments and step count.
+    Adam(Params, Params, i32),
 }
 
 impl Trainer {
+    fn adam() -> Self {
+        let zeros = init(10).iter().map(|p| p.mapv(|_| 0.0)).collect::<Params>();
+        Trainer::Adam(zeros.clone(), zeros, 0)
+    }
+
     fn step(&mut self, params: &mut Params, grads: &Params) {
         match self {
             Trainer::MetaSgd(opt) => {
@@ -143,13 +153,82 @@ impl Trainer {
                 opt.step_list_inplace(&mut views, &gv)
                     .expect("shapes match");
             }
-            Trainer::Sgd => {
+            Trainer::Sgd(lr) => {
                 for (p, g) in params.iter_mut().zip(grads) {
-                    p.zip_mut_with(g, |p, &g| *p -= BASE_LR * g);
+                    p.zip_mut_with(g, |p, &g| *p -= *lr * g);
+                }
+            }
+            Trainer::Adam(m, v, t) => {
+                let (b1, b2, lr, eps) = (0.9_f32, 0.999_f32, 1e-3_f32, 1e-8_f32);
+                *t += 1;
+                let (c1, c2) = (1.0 - b1.powi(*t), 1.0 - b2.powi(*t));
+                for (((p, g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
+                    m.zip_mut_with(g, |m, &g| *m = b1 * *m + (1.0 - b1) * g);
+                    v.zip_mut_with(g, |v, &g| *v = b2 * *v + (1.0 - b2) * g * g);
+                    let step = m.mapv(|m| m / c1) / (v.mapv(|v| (v / c2).sqrt()) + eps);
+                    p.zip_mut_with(&step, |p, &s| *p -= lr * s);
                 }
             }
         }
     }
+}
+
+/// The base rates of the robustness table: two decades around the default.
+const BASE_RATES: [f32; 3] = [0.001, 0.01, 0.1];
+/// SGD's grid for the best-SGD figure.
+const SGD_GRID: [f32; 4] = [0.001, 0.01, 0.03, 0.1];
+
+/// MetaSGD with inner steps 1 and `alpha_lr = 0.05` at `base_lr`, under `rule`.
+fn metasgd(base_lr: f32, rule: Rule<f32>) -> MetaSGD<f32> {
+    MetaSGD::new(base_lr)
+        .with_inner_steps(1)
+        .with_alpha_lr(0.05)
+        .with_rule(rule)
+}
+
+/// The robustness table: final test MSE of the hypergradient rule and the
+/// reference rule from each base rate, the best SGD of the grid, and Adam
+/// with its defaults, all from the same initialisation and batch order.
+fn robustness(data: &Data, epochs: usize, bar: &ProgressBar) -> String {
+    let run = |name: String, trainer: Trainer| {
+        let mut curve = Curve::new();
+        let (p, _) = train(
+            init(data.train_x.ncols()),
+            trainer,
+            data,
+            0..epochs,
+            &mut curve,
+            bar,
+            &name,
+        );
+        (name, evaluate(&p, data).1)
+    };
+    let mut fields = Vec::new();
+    for (label, rule) in [
+        ("hypergradient", Rule::hypergradient()),
+        ("reference", Rule::Reference),
+    ] {
+        for lr in BASE_RATES {
+            fields.push(run(
+                format!("{label}_{lr}"),
+                Trainer::MetaSgd(metasgd(lr, rule)),
+            ));
+        }
+    }
+    let sgd = SGD_GRID.map(|lr| run(format!("sgd_{lr}"), Trainer::Sgd(lr)).1);
+    fields.push((
+        "sgd_best".into(),
+        sgd.iter().copied().fold(f32::INFINITY, f32::min),
+    ));
+    fields.push(run("adam".into(), Trainer::adam()));
+    let line: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={v:.2}")).collect();
+    let grid: Vec<String> = SGD_GRID
+        .iter()
+        .zip(sgd)
+        .map(|(lr, v)| format!("{lr}: {v:.2}"))
+        .collect();
+    println!("sgd grid (test MSE): {}", grid.join(", "));
+    format!("base_rate_robustness {}", line.join(" "))
 }
 
 /// One epoch of mini-batch training; the batch order depends only on the
@@ -313,6 +392,7 @@ fn output_dir() -> PathBuf {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let robust = std::env::args().any(|a| a == "--robustness");
     let epochs = if smoke { 40 } else { 600 };
     let start = Instant::now();
     let data = load();
@@ -328,16 +408,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let checkpoint = out.join("diabetes-checkpoint.safetensors");
 
-    let bar = ProgressBar::new(3 * epochs as u64 - epochs as u64 / 2);
+    let runs = if robust { 11 } else { 0 };
+    let bar = ProgressBar::new((3 + runs) * epochs as u64 - epochs as u64 / 2);
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} epochs {msg}",
     )?);
     let init = init(data.train_x.ncols());
-    let make_opt = || {
-        MetaSGD::new(BASE_LR)
-            .with_inner_steps(1)
-            .with_alpha_lr(0.05)
-    };
+    let make_opt = || metasgd(BASE_LR, Rule::Reference);
     let half = epochs / 2;
 
     // MetaSGD, uninterrupted, checkpointed halfway.
@@ -387,13 +464,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Plain SGD from the same initialisation.
     let (sgd_params, _) = train(
         init,
-        Trainer::Sgd,
+        Trainer::Sgd(BASE_LR),
         &data,
         0..epochs,
         &mut sgd_curve,
         &bar,
         "sgd",
     );
+    let table = robust.then(|| robustness(&data, epochs, &bar));
     bar.finish_and_clear();
 
     for e in (0..epochs).filter(|e| (e + 1) % (epochs / 10).max(1) == 0) {
@@ -426,6 +504,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("checkpoint (optimizer and model): {}", checkpoint.display());
     println!("loss curves written to {}", svg.display());
     println!("run time {:.2} s", start.elapsed().as_secs_f64());
+    if let Some(table) = table {
+        println!("{table}");
+    }
     let meta_mse = evaluate(&meta_params, &data).1;
     let sgd_mse = evaluate(&sgd_params, &data).1;
     println!(

@@ -519,6 +519,7 @@ where
     let rule = metasgd::Rule::Hypergradient {
         up: A::from(2.0).unwrap(),
         down: A::from(0.5).unwrap(),
+        smoothing: A::from(0.9).unwrap(),
     };
     let mut hyper = optimizer::<A>().with_rule(rule);
     let mut reference = optimizer::<A>();

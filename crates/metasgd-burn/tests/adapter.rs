@@ -188,6 +188,7 @@ fn the_hypergradient_rule_is_bitwise_the_core_optimizers() {
     let rule = metasgd_core::Rule::Hypergradient {
         up: 1.25,
         down: 0.5,
+        smoothing: 0.0,
     };
     check_bitwise_under::<f32>(DType::F32, rule);
     check_bitwise_under::<f64>(DType::F64, rule);
@@ -234,6 +235,7 @@ fn a_record_carries_the_hypergradient_rules_state() {
     let rule = metasgd_core::Rule::Hypergradient {
         up: 1.25,
         down: 0.5,
+        smoothing: 0.75,
     };
     record_round_trip(rule, "hypergradient");
 }

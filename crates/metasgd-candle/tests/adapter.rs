@@ -125,11 +125,16 @@ where
 
 #[test]
 fn the_hypergradient_rule_is_bitwise_the_core_optimizers() {
-    let rule = |up: f64, down: f64| metasgd_core::Rule::Hypergradient { up, down };
-    same_numbers_with(config::<f64>().with_rule(rule(1.25, 0.5)));
+    let r64 = metasgd_core::Rule::Hypergradient {
+        up: 1.25,
+        down: 0.5,
+        smoothing: 0.0,
+    };
+    same_numbers_with(config::<f64>().with_rule(r64));
     let r32 = metasgd_core::Rule::Hypergradient {
         up: 1.25_f32,
         down: 0.5,
+        smoothing: 0.75,
     };
     same_numbers_with(config::<f32>().with_rule(r32));
 }

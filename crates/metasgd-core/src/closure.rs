@@ -4,7 +4,7 @@
 use metasgd_kernels::{Config, Element, scalar};
 use ndarray::{Array, ArrayD, Dimension, Zip};
 
-use crate::{Error, MetaSGD, Result, Rule, StateMismatch, Verdict};
+use crate::{Error, MetaSGD, Result, StateMismatch, Verdict};
 
 impl<A: Element> MetaSGD<A> {
     /// One step that evaluates the gradient at every inner iterate: the
@@ -65,8 +65,8 @@ impl<A: Element> MetaSGD<A> {
                 params: params.shape().to_vec(),
             }));
         }
-        if let Rule::Hypergradient { up, down } = self.config.rule {
-            return self.closure_hypergradient(params, grad_fn, (up, down));
+        if let Some(f) = scalar::Factors::of(self.config.rule.kernel_rule()) {
+            return self.closure_hypergradient(params, grad_fn, &f);
         }
         let fresh: ArrayD<A>;
         let alpha = match self.slots.first() {
@@ -130,7 +130,7 @@ impl<A: Element> MetaSGD<A> {
         &mut self,
         params: &Array<A, D>,
         mut grad_fn: F,
-        factors: (A, A),
+        f: &scalar::Factors<A>,
     ) -> Result<Array<A, D>>
     where
         D: Dimension,
@@ -165,8 +165,7 @@ impl<A: Element> MetaSGD<A> {
                 .and(&mut prev)
                 .and(&g)
                 .for_each(|t, a, p, &g| {
-                    (*t, *a) = scalar::update_hypergradient(*t, g, *a, *p, factors, &cfg);
-                    *p = g;
+                    (*t, *a, *p) = scalar::update_hypergradient(*t, g, *a, *p, f, &cfg);
                 });
         }
         // Nothing can fail past this point: commit.

@@ -10,7 +10,8 @@
 
 use core::mem::MaybeUninit;
 
-use metasgd_kernels::{Config, Element, Kernel, RateRule, Theta, Update, scalar};
+use metasgd_kernels::scalar::{self, Factors};
+use metasgd_kernels::{Config, Element, Kernel, RateRule, Theta, Update};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Axis, Dimension, ShapeBuilder, Zip};
 
 /// One slot's parameters: updated in place, or read from `src` into `dst`
@@ -59,8 +60,9 @@ pub(crate) fn contiguous_or_strided<'a, A: Element, D: Dimension>(
                 None => Some(u),
             }
         }
-        (false, Some(prev), RateRule::Hypergradient { up, down }) => {
-            strided_hypergradient(target, grad, (alpha, prev), (up, down), cfg);
+        (false, Some(prev), rule @ RateRule::Hypergradient { .. }) => {
+            let f = Factors::of(rule).expect("a hypergradient rule");
+            strided_hypergradient(target, grad, (alpha, prev), &f, cfg);
             None
         }
         _ => {
@@ -76,14 +78,14 @@ fn strided_hypergradient<A: Element, D: Dimension>(
     target: Target<'_, A, D>,
     grad: ArrayView<'_, A, D>,
     (alpha, prev): (&mut ArrayD<A>, &mut ArrayD<A>),
-    factors: (A, A),
+    f: &Factors<A>,
     cfg: &Config<A>,
 ) {
     let grad = grad.into_dyn();
     let state = Zip::from(&grad).and(alpha).and(prev);
     let step = |t: A, g: A, a: &mut A, p: &mut A| {
-        let (nt, na) = scalar::update_hypergradient(t, g, *a, *p, factors, cfg);
-        (*a, *p) = (na, g);
+        let nt;
+        (nt, *a, *p) = scalar::update_hypergradient(t, g, *a, *p, f, cfg);
         nt
     };
     match target {

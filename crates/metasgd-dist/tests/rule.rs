@@ -16,6 +16,7 @@ fn config<A: Element>() -> MetaSGDConfig<A> {
         .with_rule(Rule::Hypergradient {
             up: A::from(1.25).unwrap(),
             down: A::from(0.5).unwrap(),
+            smoothing: A::from(0.75).unwrap(),
         })
 }
 

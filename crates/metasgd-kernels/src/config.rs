@@ -18,14 +18,18 @@ pub enum RateRule<A> {
     Reference,
     /// The sign of the hypergradient, before the parameters: each rate is
     /// multiplied by `up` where this gradient agrees in sign with the
-    /// previous one, by `down` where it disagrees
+    /// smoothed previous gradients, by `down` where it disagrees
     /// ([`crate::scalar::update_hypergradient`]). Every [`crate::Update`]
-    /// then carries the previous gradient ([`crate::Update::with_prev`]).
+    /// then carries that state ([`crate::Update::with_prev`]).
     Hypergradient {
         /// Factor on agreement (`>= 1`).
         up: A,
         /// Factor on disagreement (in `(0, 1]`).
         down: A,
+        /// How much of the state a step keeps (`0 <= smoothing < 1`): the
+        /// state becomes `p * smoothing + g * (1 - smoothing)`, or `g`
+        /// itself when it is 0.
+        smoothing: A,
     },
 }
 

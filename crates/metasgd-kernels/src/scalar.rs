@@ -45,30 +45,69 @@ pub fn by_sign<A: Element>(h: A, pos: A, neg: A, other: A) -> A {
     }
 }
 
-/// One element under [`RateRule::Hypergradient`]: returns `(theta',
-/// alpha')`; the caller stores `g` as the next step's `prev`.
+/// The hypergradient rule's factors as a kernel uses them: `up`, `down`,
+/// the state's smoothing and `1 - smoothing` (computed once per step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Factors<A> {
+    /// Factor where the gradient agrees with the state.
+    pub up: A,
+    /// Factor where it disagrees.
+    pub down: A,
+    /// The share of the state a step keeps.
+    pub keep: A,
+    /// `1 - keep`, the share of the new gradient.
+    pub take: A,
+}
+
+impl<A: Element> Factors<A> {
+    /// The factors of a rule (`None` for the reference rule).
+    pub fn of(rule: RateRule<A>) -> Option<Self> {
+        match rule {
+            RateRule::Reference => None,
+            RateRule::Hypergradient {
+                up,
+                down,
+                smoothing,
+            } => Some(Self {
+                up,
+                down,
+                keep: smoothing,
+                take: A::one() - smoothing,
+            }),
+        }
+    }
+}
+
+/// One element under [`RateRule::Hypergradient`]: returns `(theta', alpha',
+/// p')`.
 ///
-/// `h = g * prev` (minus the derivative of the loss with respect to the
-/// rate of the previous step); `alpha' = clamp(alpha * f)` with `f = up`
-/// if `h > 0`, `down` if `h < 0`, `1` otherwise (zeros and NaN);
-/// `d = alpha' * g`; `theta' = theta - d` repeated `K` times.
+/// `h = g * p` (`p`: the state, the smoothed previous gradients; `-h` is the
+/// derivative of the loss with respect to the previous rate); `alpha' =
+/// clamp(alpha * f)` with `f = up` if `h > 0`, `down` if `h < 0`, `1`
+/// otherwise (zeros and NaN); `d = alpha' * g`; `theta' = theta - d` repeated
+/// `K` times; `p' = g` if `keep` is 0, else `p * keep + g * take`.
 #[inline(always)]
 pub fn update_hypergradient<A: Element>(
     theta: A,
     g: A,
     alpha: A,
-    prev: A,
-    (up, down): (A, A),
+    p: A,
+    f: &Factors<A>,
     cfg: &Config<A>,
-) -> (A, A) {
-    let f = by_sign(g * prev, up, down, A::one());
-    let a = clamp(alpha * f);
+) -> (A, A, A) {
+    let factor = by_sign(g * p, f.up, f.down, A::one());
+    let a = clamp(alpha * factor);
     let d = a * g;
     let mut t = theta;
     for _ in 0..cfg.inner_steps() {
         t = t - d;
     }
-    (t, a)
+    let p = if f.keep == A::ZERO {
+        g
+    } else {
+        p * f.keep + g * f.take
+    };
+    (t, a, p)
 }
 
 /// One inner iteration of the closure step (optirs-core 0.3.2's
@@ -91,8 +130,8 @@ pub fn closure_alpha<A: Element>(alpha: A, g_last: A, c: A, beta: A) -> A {
 /// Applies [`update`] (or the hypergradient rule's
 /// [`update_hypergradient`], as `cfg` says) to every element of one tensor.
 pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
-    if let RateRule::Hypergradient { up, down } = cfg.rule() {
-        return step_hypergradient(u, (up, down), cfg);
+    if let Some(f) = Factors::of(cfg.rule()) {
+        return step_hypergradient(u, &f, cfg);
     }
     let Update {
         theta, alpha, grad, ..
@@ -113,7 +152,7 @@ pub fn step<A: Element>(u: Update<'_, A>, cfg: &Config<A>) {
     }
 }
 
-fn step_hypergradient<A: Element>(u: Update<'_, A>, factors: (A, A), cfg: &Config<A>) {
+fn step_hypergradient<A: Element>(u: Update<'_, A>, f: &Factors<A>, cfg: &Config<A>) {
     let Update {
         theta,
         alpha,
@@ -125,15 +164,14 @@ fn step_hypergradient<A: Element>(u: Update<'_, A>, factors: (A, A), cfg: &Confi
     match theta {
         Theta::InPlace(theta) => {
             for (t, ((a, p), &g)) in theta.iter_mut().zip(state) {
-                (*t, *a) = update_hypergradient(*t, g, *a, *p, factors, cfg);
-                *p = g;
+                (*t, *a, *p) = update_hypergradient(*t, g, *a, *p, f, cfg);
             }
         }
         Theta::Into { src, dst } => {
             for ((o, &t), ((a, p), &g)) in dst.iter_mut().zip(src).zip(state) {
-                let (nt, na) = update_hypergradient(t, g, *a, *p, factors, cfg);
+                let (nt, na, np) = update_hypergradient(t, g, *a, *p, f, cfg);
                 o.write(nt);
-                (*a, *p) = (na, g);
+                (*a, *p) = (na, np);
             }
         }
     }

@@ -34,7 +34,12 @@ type Case<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 
 /// The reference: the rule's per-element formula, written out here.
 fn reference<A: Element>((t, g, a, p): &Case<A>, cfg: &Config<A>) -> [Vec<u64>; 3] {
-    let RateRule::Hypergradient { up, down } = cfg.rule() else {
+    let RateRule::Hypergradient {
+        up,
+        down,
+        smoothing,
+    } = cfg.rule()
+    else {
         panic!("a hypergradient config")
     };
     let (mut t, mut a, mut p) = (t.clone(), a.clone(), p.clone());
@@ -52,7 +57,11 @@ fn reference<A: Element>((t, g, a, p): &Case<A>, cfg: &Config<A>) -> [Vec<u64>; 
         for _ in 0..cfg.inner_steps() {
             t[i] = t[i] - d;
         }
-        p[i] = g[i];
+        p[i] = if smoothing == A::zero() {
+            g[i]
+        } else {
+            p[i] * smoothing + g[i] * (A::one() - smoothing)
+        };
     }
     [bits(&t), bits(&a), bits(&p)]
 }
@@ -103,35 +112,48 @@ fn value<A: Element>() -> impl Strategy<Value = A> {
     ]
 }
 
-fn case<A: Element>() -> impl Strategy<Value = (Case<A>, A, A, usize)> {
+fn case<A: Element>() -> impl Strategy<Value = (Case<A>, (A, A, A), usize)> {
     let n = prop_oneof![0usize..20, Just(31), Just(32), Just(33), 20usize..300];
     n.prop_flat_map(|n| {
         let v = || prop::collection::vec(value::<A>(), n);
         let alpha = prop::collection::vec((1e-9f64..12.0).prop_map(|x| A::from(x).unwrap()), n);
         (
             (v(), v(), alpha, v()),
-            (1.0f64..3.0).prop_map(|x| A::from(x).unwrap()),
-            (0.01f64..1.0).prop_map(|x| A::from(x).unwrap()),
+            (
+                (1.0f64..3.0).prop_map(|x| A::from(x).unwrap()),
+                (0.01f64..1.0).prop_map(|x| A::from(x).unwrap()),
+                prop_oneof![Just(0.0), Just(0.9), 0.0f64..1.0].prop_map(|x| A::from(x).unwrap()),
+            ),
             1usize..6,
         )
     })
 }
 
-fn config<A: Element>(up: A, down: A, k: usize) -> Config<A> {
-    Config::new(A::from(0.001).unwrap(), k).with_rule(RateRule::Hypergradient { up, down })
+fn config<A: Element>((up, down, smoothing): (A, A, A), k: usize) -> Config<A> {
+    let rule = RateRule::Hypergradient {
+        up,
+        down,
+        smoothing,
+    };
+    Config::new(A::from(0.001).unwrap(), k).with_rule(rule)
+}
+
+fn factors<A: Element>(up: f64, down: f64, smoothing: f64) -> (A, A, A) {
+    let a = |x: f64| A::from(x).unwrap();
+    (a(up), a(down), a(smoothing))
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn f32_kernels_agree((c, up, down, k) in case::<f32>()) {
-        check(&c, &config(up, down, k));
+    fn f32_kernels_agree((c, f, k) in case::<f32>()) {
+        check(&c, &config(f, k));
     }
 
     #[test]
-    fn f64_kernels_agree((c, up, down, k) in case::<f64>()) {
-        check(&c, &config(up, down, k));
+    fn f64_kernels_agree((c, f, k) in case::<f64>()) {
+        check(&c, &config(f, k));
     }
 }
 
@@ -172,10 +194,9 @@ fn special_products() {
             }
         }
         for k in 1..=3 {
-            check(
-                &case,
-                &config(A::from(1.5).unwrap(), A::from(0.5).unwrap(), k),
-            );
+            for smoothing in [0.0, 0.5] {
+                check(&case, &config(factors(1.5, 0.5, smoothing), k));
+            }
         }
     }
     run::<f32>();
@@ -185,12 +206,18 @@ fn special_products() {
 #[test]
 fn chunk_boundaries_and_thread_counts() {
     for n in [PAR_CHUNK - 1, PAR_CHUNK + 1, 3 * PAR_CHUNK + 3] {
-        check(&filled_case::<f32>(n, 1), &config(1.1, 0.7, 1));
-        check(&filled_case::<f64>(n, 5), &config(1.1, 0.7, 2));
+        check(
+            &filled_case::<f32>(n, 1),
+            &config(factors(1.1, 0.7, 0.0), 1),
+        );
+        check(
+            &filled_case::<f64>(n, 5),
+            &config(factors(1.1, 0.7, 0.9), 2),
+        );
     }
     let n = 5 * PAR_CHUNK + 13;
     let c = filled_case::<f32>(n, 9);
-    let cfg = config(1.05, 0.9, 1);
+    let cfg = config(factors(1.05, 0.9, 0.9), 1);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -221,7 +248,7 @@ fn chunk_boundaries_and_thread_counts() {
 #[test]
 fn large_calls_take_the_prefetching_loop() {
     let c = filled_case::<f32>(3 << 20, 21);
-    let cfg = config(1.05, 0.9, 1);
+    let cfg = config(factors(1.05, 0.9, 0.9), 1);
     let want = reference(&c, &cfg);
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

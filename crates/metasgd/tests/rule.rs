@@ -14,16 +14,22 @@ fn rule<A: Element>() -> Rule<A> {
     Rule::Hypergradient {
         up: A::from(1.25).unwrap(),
         down: A::from(0.5).unwrap(),
+        smoothing: A::from(0.75).unwrap(),
     }
 }
 
 /// The rule's formula, element by element (the oracle): `(theta, alpha, prev)`
 /// after one step.
 fn oracle<A: Element>(t: &[A], g: &[A], a: &[A], p: &[A], k: usize) -> [Vec<u64>; 3] {
-    let Rule::Hypergradient { up, down } = rule::<A>() else {
+    let Rule::Hypergradient {
+        up,
+        down,
+        smoothing,
+    } = rule::<A>()
+    else {
         unreachable!()
     };
-    let (mut t, mut a) = (t.to_vec(), a.to_vec());
+    let (mut t, mut a, mut p) = (t.to_vec(), a.to_vec(), p.to_vec());
     for i in 0..t.len() {
         let h = g[i] * p[i];
         let f = if h > A::zero() {
@@ -38,8 +44,9 @@ fn oracle<A: Element>(t: &[A], g: &[A], a: &[A], p: &[A], k: usize) -> [Vec<u64>
         for _ in 0..k {
             t[i] = t[i] - d;
         }
+        p[i] = p[i] * smoothing + g[i] * (A::one() - smoothing);
     }
-    [bits_of(&t), bits_of(&a), bits_of(g)]
+    [bits_of(&t), bits_of(&a), bits_of(&p)]
 }
 
 fn bits_of<A: Element>(v: &[A]) -> Vec<u64> {
@@ -312,14 +319,23 @@ fn checkpoints_resume_bitwise_and_refuse_damage() {
 
 #[test]
 fn bad_rule_settings_are_refused_before_anything_moves() {
-    for (up, down) in [
-        (0.9, 0.5),
-        (1.1, 0.0),
-        (1.1, 1.5),
-        (f64::NAN, 0.5),
-        (11.0, 0.5),
-    ] {
-        let mut opt = MetaSGD::new(0.1_f64).with_rule(Rule::Hypergradient { up, down });
+    let bad = [
+        (0.9, 0.5, 0.0),
+        (1.1, 0.0, 0.0),
+        (1.1, 1.5, 0.0),
+        (f64::NAN, 0.5, 0.0),
+        (11.0, 0.05, 0.0),
+        (1.1, 0.95, 0.0),
+        (1.1, 0.5, 1.0),
+        (1.1, 0.5, -0.1),
+    ];
+    for (up, down, smoothing) in bad {
+        let rule = Rule::Hypergradient {
+            up,
+            down,
+            smoothing,
+        };
+        let mut opt = MetaSGD::new(0.1_f64).with_rule(rule);
         let mut t = arr::<f64>(&[3], 1);
         let before = t.clone();
         let e = opt

@@ -35,8 +35,8 @@ const COUNTS: [&str; 3] = ["inner_steps", "step_count", "skipped_steps"];
 /// The choices, stored by name in `__metadata__` (`rule` only when it is
 /// not the reference rule, so reference files are as they always were).
 const CHOICES: [&str; 3] = ["non_finite", "backend", "rule"];
-/// The hypergradient rule's factors, 0-d tensors of `A`.
-const RULE_FLOATS: [&str; 2] = ["rule_up", "rule_down"];
+/// The hypergradient rule's settings, 0-d tensors of `A`.
+const RULE_FLOATS: [&str; 3] = ["rule_up", "rule_down", "rule_smoothing"];
 
 /// The caller's tensors as a checkpoint gives them back: each name with its
 /// array, in the order they were saved.
@@ -95,10 +95,16 @@ impl<A: Element> MetaSGD<A> {
         for (j, alpha) in self.slots.iter().enumerate() {
             w.floats(&format!("alpha.{j}"), alpha.view())?;
         }
-        if let Rule::Hypergradient { up, down } = c.rule {
+        if let Rule::Hypergradient {
+            up,
+            down,
+            smoothing,
+        } = c.rule
+        {
             w.metadata("rule", "hypergradient")?;
-            w.float(RULE_FLOATS[0], up)?;
-            w.float(RULE_FLOATS[1], down)?;
+            for (name, x) in RULE_FLOATS.iter().zip([up, down, smoothing]) {
+                w.float(name, x)?;
+            }
             for (j, alpha) in self.slots.iter().enumerate() {
                 // Before the first step the state is the zeros the step would create.
                 let zeros = ArrayD::zeros(alpha.raw_dim());
@@ -156,6 +162,7 @@ impl<A: Element> MetaSGD<A> {
                 true => Rule::Hypergradient {
                     up: r.float(RULE_FLOATS[0])?,
                     down: r.float(RULE_FLOATS[1])?,
+                    smoothing: r.float(RULE_FLOATS[2])?,
                 },
                 false => Rule::Reference,
             },
@@ -330,7 +337,12 @@ mod tests {
             .collect();
         let mut names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
         names.sort_unstable();
-        let mut want: Vec<&str> = FLOATS.into_iter().chain(COUNTS).chain(CHOICES).collect();
+        let all = FLOATS
+            .into_iter()
+            .chain(COUNTS)
+            .chain(CHOICES)
+            .chain(RULE_FLOATS);
+        let mut want: Vec<&str> = all.collect();
         want.sort_unstable();
         assert_eq!(names, want, "README state table vs the checkpoint mapping");
         let bounds = |name: &str| rows.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);

@@ -3,21 +3,21 @@
 
 use super::pack::Pack;
 use super::sweep::LanewisePrev;
-use crate::{Config, Element, scalar};
+use crate::scalar::{self, Factors};
+use crate::{Config, Element};
 
 /// [`scalar::update_hypergradient`], lane-wise: the same operations in the
 /// same order, so the same bits.
 #[derive(Clone, Copy)]
 pub(crate) struct Hypergradient<A> {
     pub(crate) cfg: Config<A>,
-    pub(crate) up: A,
-    pub(crate) down: A,
+    pub(crate) f: Factors<A>,
 }
 
 impl<A: Element> LanewisePrev<A> for Hypergradient<A> {
     #[inline(always)]
-    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P) {
-        let (up, down) = (P::splat(tok, self.up), P::splat(tok, self.down));
+    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P, P) {
+        let (up, down) = (P::splat(tok, self.f.up), P::splat(tok, self.f.down));
         let f = g.mul(prev).by_sign(up, down, P::splat(tok, A::one()));
         let a = alpha.mul(f).clamp();
         let d = a.mul(g);
@@ -25,11 +25,17 @@ impl<A: Element> LanewisePrev<A> for Hypergradient<A> {
         for _ in 0..self.cfg.inner_steps() {
             t = t.sub(d);
         }
-        (t, a)
+        let p = if self.f.keep == A::ZERO {
+            g
+        } else {
+            let (keep, take) = (P::splat(tok, self.f.keep), P::splat(tok, self.f.take));
+            prev.mul(keep).add(g.mul(take))
+        };
+        (t, a, p)
     }
 
     #[inline(always)]
-    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A) {
-        scalar::update_hypergradient(theta, g, alpha, prev, (self.up, self.down), &self.cfg)
+    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A, A) {
+        scalar::update_hypergradient(theta, g, alpha, prev, &self.f, &self.cfg)
     }
 }

@@ -26,7 +26,7 @@ mod wide;
 
 use std::sync::OnceLock;
 
-use crate::{Config, Element, RateRule, Update};
+use crate::{Config, Element, Update};
 use pack::Pack;
 use sweep::Lanewise;
 
@@ -204,16 +204,10 @@ impl Isa {
     #[inline]
     pub(crate) fn step<A: Element>(self, u: Update<'_, A>, cfg: &Config<A>) {
         let streaming = cfg.streaming_stores();
-        match cfg.rule() {
-            RateRule::Reference => {
-                metasgd::with_metasgd!(*cfg, |op| self.run(u, op, streaming))
-            }
-            RateRule::Hypergradient { up, down } => {
-                let op = hypergradient::Hypergradient {
-                    cfg: *cfg,
-                    up,
-                    down,
-                };
+        match crate::scalar::Factors::of(cfg.rule()) {
+            None => metasgd::with_metasgd!(*cfg, |op| self.run(u, op, streaming)),
+            Some(f) => {
+                let op = hypergradient::Hypergradient { cfg: *cfg, f };
                 self.dispatch(SweepPrev { u, op, streaming })
             }
         }

@@ -176,18 +176,18 @@ fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
     scalar(tail, op);
 }
 
-/// An element-wise `(theta, g, alpha, prev) -> (theta', alpha')` whose
-/// loop also stores `g` as the next step's `prev` (the hypergradient rule),
-/// written over packs and over scalars; both must give the same bits.
+/// An element-wise `(theta, g, alpha, prev) -> (theta', alpha', prev')`
+/// (the hypergradient rule), written over packs and over scalars; both must
+/// give the same bits.
 pub(crate) trait LanewisePrev<A: Element>: Copy {
     /// The operation on packs.
-    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P);
+    fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P, P);
     /// The operation on one element (runs the tail).
-    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A);
+    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A, A);
 }
 
 /// Runs `op` over `u` (which carries `prev`): packs of `P`, then the scalar
-/// form on the tail; `prev` receives `g`.
+/// form on the tail.
 #[inline(always)]
 pub(crate) fn sweep_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
     tok: P::Token,
@@ -224,15 +224,14 @@ pub(crate) fn scalar_prev<A: Element, O: LanewisePrev<A>>(u: Update<'_, A>, op: 
     match theta {
         Theta::InPlace(theta) => {
             for (t, ((a, p), &g)) in theta.iter_mut().zip(state) {
-                (*t, *a) = op.scalar(*t, g, *a, *p);
-                *p = g;
+                (*t, *a, *p) = op.scalar(*t, g, *a, *p);
             }
         }
         Theta::Into { src, dst } => {
             for ((o, &t), ((a, p), &g)) in dst.iter_mut().zip(src).zip(state) {
-                let (nt, na) = op.scalar(t, g, *a, *p);
+                let (nt, na, np) = op.scalar(t, g, *a, *p);
                 o.write(nt);
-                (*a, *p) = (na, g);
+                (*a, *p) = (na, np);
             }
         }
     }
@@ -273,10 +272,10 @@ fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
                 ahead::<A, P>(s);
             }
         }
-        let gp = P::load(tok, g);
-        let (nt, na) = op.packs(tok, P::load(tok, t), gp, P::load(tok, a), P::load(tok, p));
+        let (t, g) = (P::load(tok, t), P::load(tok, g));
+        let (nt, na, np) = op.packs(tok, t, g, P::load(tok, a), P::load(tok, p));
         na.store(a);
-        gp.store(p);
+        np.store(p);
         nt
     }
     match theta {

@@ -23,16 +23,16 @@ impl<A: Element> Lanewise<A> for Traffic {
     }
 }
 
-/// The hypergradient rule's traffic: the same, plus reading `prev` (added
-/// in, so the load is not dropped) and writing `g` into it (the loop does).
+/// The hypergradient rule's traffic: the same, plus reading `prev` (used,
+/// so the load is not dropped) and writing `g` into it.
 impl<A: Element> LanewisePrev<A> for Traffic {
     #[inline(always)]
-    fn packs<P: Pack<A>>(self, _: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P) {
-        (theta.add(g), alpha.sub(prev))
+    fn packs<P: Pack<A>>(self, _: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P, P) {
+        (theta.add(g), alpha.sub(prev), g)
     }
 
     #[inline(always)]
-    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A) {
-        (theta + g, alpha - prev)
+    fn scalar(self, theta: A, g: A, alpha: A, prev: A) -> (A, A, A) {
+        (theta + g, alpha - prev, g)
     }
 }

@@ -145,6 +145,12 @@ fn the_hypergradient_rule_is_bitwise_the_core_optimizers() {
 }
 
 #[test]
+fn clipping_is_one_norm_over_all_vars_as_in_the_core() {
+    same_numbers_with(config::<f32>().with_max_grad_norm(0.25));
+    same_numbers_with(config::<f64>().with_max_grad_norm(0.25));
+}
+
+#[test]
 fn bitwise_equal_to_step_list_inplace_in_the_vars_own_buffers() {
     same_numbers::<f32>();
     same_numbers::<f64>();

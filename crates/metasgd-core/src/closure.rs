@@ -22,7 +22,7 @@ impl<A: Element> MetaSGD<A> {
     /// gradient for all `K` inner updates overshoots; `step` evaluates the
     /// gradient once and costs one fused pass.
     ///
-    /// Under [`Rule::Hypergradient`] each inner iteration is one step of the
+    /// Under [`Rule::Hypergradient`](crate::Rule::Hypergradient) each inner iteration is one step of the
     /// rule with its fresh gradient (the rate, then `t -= alpha * g`, then
     /// the gradient kept as the previous one): `K` inner iterations are `K`
     /// steps of `step` with `inner_steps = 1`, counted as one.
@@ -93,10 +93,10 @@ impl<A: Element> MetaSGD<A> {
                 .config
                 .non_finite
                 .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
-            if verdict == Verdict::Skip {
+            let Some(g) = self.clipped(g, verdict)? else {
                 self.skipped_steps += 1;
                 return Ok(params.clone());
-            }
+            };
             Zip::from(&mut t)
                 .and(&mut c)
                 .and(&alpha)
@@ -156,10 +156,10 @@ impl<A: Element> MetaSGD<A> {
                 .config
                 .non_finite
                 .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
-            if verdict == Verdict::Skip {
+            let Some(g) = self.clipped(g, verdict)? else {
                 self.skipped_steps += 1;
                 return Ok(params.clone());
-            }
+            };
             Zip::from(&mut t)
                 .and(&mut alpha)
                 .and(&mut prev)
@@ -177,6 +177,33 @@ impl<A: Element> MetaSGD<A> {
         self.prev[0].assign(&prev.into_dyn());
         self.step_count += 1;
         Ok(t)
+    }
+}
+
+impl<A: Element> MetaSGD<A> {
+    /// One evaluated gradient as the closure step uses it: `None` when the
+    /// step is skipped (the policy's verdict, or a non-finite norm under
+    /// `Skip`), else the gradient, scaled by clipping's `min(1, c / ||g||)`
+    /// when `max_grad_norm` is set (one rounding per element, as the kernels
+    /// scale).
+    fn clipped<D: Dimension>(
+        &self,
+        g: Array<A, D>,
+        verdict: Verdict,
+    ) -> Result<Option<Array<A, D>>> {
+        if verdict == Verdict::Skip {
+            return Ok(None);
+        }
+        if self.config.max_grad_norm.is_none() {
+            return Ok(Some(g));
+        }
+        let kernel = self.config.backend.kernel(g.len());
+        let squared = crate::layout::squared_norm(&g.view(), kernel);
+        Ok(self.config.clip_scale(squared)?.map(
+            |s| {
+                if s == A::one() { g } else { g.mapv(|x| x * s) }
+            },
+        ))
     }
 }
 

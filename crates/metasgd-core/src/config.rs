@@ -240,6 +240,16 @@ pub struct MetaSGDConfig<A: Element> {
     /// serde document written before rules existed).
     #[cfg_attr(feature = "serde", serde(default))]
     pub rule: Rule<A>,
+    /// Gradient clipping: the gradients of one step (every array of a list
+    /// step together) are scaled by `min(1, c / ||g||_2)` before the update
+    /// (`None`, the default: no clipping). The norm's summation order is fixed
+    /// (`docs/semantics.md`), so the bits do not depend on the backend or the
+    /// thread count.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, with = "crate::serde_impl::exact_opt")
+    )]
+    pub max_grad_norm: Option<A>,
 }
 
 impl<A: Element> Default for MetaSGDConfig<A> {
@@ -261,6 +271,7 @@ impl<A: Element> MetaSGDConfig<A> {
             backend: Backend::Auto,
             non_finite: NonFinitePolicy::Propagate,
             rule: Rule::Reference,
+            max_grad_norm: None,
         }
     }
 
@@ -300,6 +311,13 @@ impl<A: Element> MetaSGDConfig<A> {
         self
     }
 
+    /// Clips the gradients of each step to L2 norm `c` (finite, `> 0`):
+    /// they are scaled by `min(1, c / ||g||_2)` before the update.
+    pub fn with_max_grad_norm(mut self, c: A) -> Self {
+        self.max_grad_norm = Some(c);
+        self
+    }
+
     /// The one check of the settings, run before every step: `base_lr`
     /// finite and `> 0`, `alpha_lr` finite and `>= 0`, `inner_steps` in
     /// `1..=`[`MAX_INNER_STEPS`], the rule's factors in their ranges, the
@@ -328,6 +346,9 @@ impl<A: Element> MetaSGDConfig<A> {
             });
         }
         self.rule.check()?;
+        if let Some(c) = self.max_grad_norm.filter(|c| !valid_base_lr(*c)) {
+            return Err(invalid("max_grad_norm", c, "finite and > 0"));
+        }
         self.backend.check()
     }
 
@@ -339,6 +360,7 @@ impl<A: Element> MetaSGDConfig<A> {
             && self.backend == other.backend
             && self.non_finite == other.non_finite
             && self.rule.bits() == other.rule.bits()
+            && self.max_grad_norm.map(Element::bits) == other.max_grad_norm.map(Element::bits)
     }
 
     /// The same settings in another float type (each float converted,
@@ -352,7 +374,31 @@ impl<A: Element> MetaSGDConfig<A> {
             backend: self.backend,
             non_finite: self.non_finite,
             rule: self.rule.cast(),
+            max_grad_norm: self.max_grad_norm.map(to),
         }
+    }
+
+    /// The gradient scale of clipping for gradients whose squared L2 norm is
+    /// `squared` (summed in the fixed order): `c / sqrt(squared)` where the
+    /// norm exceeds `c`, else 1. A non-finite norm follows the non-finite
+    /// policy: `Skip` skips the step, `Error` refuses it, `Propagate` computes
+    /// on (a NaN norm scales by 1, an infinite one by 0).
+    pub(crate) fn clip_scale(&self, squared: A) -> Result<Option<A>> {
+        let Some(c) = self.max_grad_norm else {
+            return Ok(Some(A::one()));
+        };
+        let norm = squared.sqrt();
+        if !norm.is_finite() {
+            match self.non_finite {
+                NonFinitePolicy::Skip => return Ok(None),
+                NonFinitePolicy::Error => {
+                    let norm = norm.to_f64().unwrap_or(f64::NAN);
+                    return Err(Error::NonFiniteGradNorm { norm });
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(if norm > c { c / norm } else { A::one() }))
     }
 
     /// The kernels' view of the settings.

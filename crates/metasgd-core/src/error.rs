@@ -51,6 +51,13 @@ pub enum Error {
         /// Row-major (logical) index of the first bad element.
         index: usize,
     },
+    /// With gradient clipping, the gradients' norm is not finite (a square
+    /// overflowed) under [`crate::NonFinitePolicy::Error`].
+    #[error("the gradients' L2 norm is {norm} (not finite); clipping needs a finite norm")]
+    NonFiniteGradNorm {
+        /// The norm, widened to `f64`.
+        norm: f64,
+    },
     /// A per-parameter learning rate handed to `with_per_param_lrs` is not
     /// finite or lies outside the clamp range `[1e-8, 10]`.
     #[error(

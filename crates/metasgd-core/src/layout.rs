@@ -251,6 +251,18 @@ impl<A: Element, D: Dimension> Output<A, D> {
     }
 }
 
+/// The squared L2 norm of `g` in logical (row-major) order, summed in the
+/// fixed order of [`metasgd_kernels::norm`] (a copy for other layouts).
+pub(crate) fn squared_norm<A: Element, D: Dimension>(g: &ArrayView<'_, A, D>, kernel: Kernel) -> A {
+    match g.as_slice() {
+        Some(s) => metasgd_kernels::norm::squared_norm(kernel, s),
+        None => {
+            let v: Vec<A> = g.iter().copied().collect();
+            metasgd_kernels::norm::squared_norm(kernel, &v)
+        }
+    }
+}
+
 /// Row-major index of the first NaN or infinity, if any.
 pub(crate) fn first_non_finite<A: Element, D: Dimension>(g: &ArrayView<'_, A, D>) -> Option<usize> {
     match g.as_slice() {

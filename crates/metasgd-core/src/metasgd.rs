@@ -91,9 +91,10 @@ enum Slots {
     List,
 }
 
-/// What validation decided.
-enum Plan {
-    Run(Kernel),
+/// What validation decided: the kernel and the gradient scale (clipping's
+/// `min(1, c / ||g||)`, 1 without clipping), or a skip.
+enum Plan<A> {
+    Run(Kernel, A),
     Skip,
 }
 
@@ -157,6 +158,27 @@ impl<A: Element> MetaSGD<A> {
     /// Chooses what a step does with NaN or infinite gradients.
     pub fn with_non_finite(mut self, policy: NonFinitePolicy) -> Self {
         self.config = self.config.with_non_finite(policy);
+        self
+    }
+
+    /// Clips each step's gradients to L2 norm `c`
+    /// ([`MetaSGDConfig::with_max_grad_norm`]): every array of a list step
+    /// together is scaled by `min(1, c / ||g||_2)` before the update, the
+    /// norm summed in one fixed order (the same bits on every backend and
+    /// thread count).
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGD, Optimizer};
+    /// use ndarray::array;
+    ///
+    /// let mut opt = MetaSGD::new(0.1_f64).with_inner_steps(1).with_max_grad_norm(1.0);
+    /// let mut w = array![0.0, 0.0];
+    /// opt.step_inplace(w.view_mut(), array![3.0, 4.0].view())?; // norm 5: scaled by 1/5
+    /// assert_eq!(w, array![-0.1 * (3.0 * 0.2), -0.1 * (4.0 * 0.2)]);
+    /// # Ok::<(), metasgd_core::Error>(())
+    /// ```
+    pub fn with_max_grad_norm(mut self, c: A) -> Self {
+        self.config = self.config.with_max_grad_norm(c);
         self
     }
 
@@ -298,7 +320,14 @@ impl<A: Element> MetaSGD<A> {
                 params: vec![total],
             }));
         }
-        let Some(kernel) = self.admit(Ok(self.plan(verdict, total)))? else {
+        if self.config.max_grad_norm.is_some() {
+            return Err(Error::InvalidHyperparameter {
+                name: "max_grad_norm",
+                value: f64::NAN,
+                requirement: "unset here: a sharded step does not clip (clip the gradients first)",
+            });
+        }
+        let Some((kernel, _)) = self.admit(Ok(self.plan(verdict, total)))? else {
             return Ok(());
         };
         let base = self.config.base_lr;
@@ -388,7 +417,7 @@ impl<A: Element> MetaSGD<A> {
         n_grads: usize,
         param_shape: impl Fn(usize) -> &'g [usize],
         grad: impl Fn(usize) -> ArrayView<'g, A, D>,
-    ) -> Result<Plan> {
+    ) -> Result<Plan<A>> {
         self.check_settings()?;
         if n != n_grads {
             return Err(Error::LengthMismatch {
@@ -427,22 +456,31 @@ impl<A: Element> MetaSGD<A> {
             .config
             .non_finite
             .verdict(|| (0..n).find_map(|j| layout::first_non_finite(&grad(j)).map(|i| (j, i))))?;
-        Ok(self.plan(verdict, total))
+        let plan = self.plan(verdict, total);
+        let (Plan::Run(kernel, _), Some(_)) = (&plan, self.config.max_grad_norm) else {
+            return Ok(plan);
+        };
+        // Clipping: the squared norms of the arrays, added in list order.
+        let squared = (0..n).fold(A::ZERO, |s, j| s + layout::squared_norm(&grad(j), *kernel));
+        Ok(match self.config.clip_scale(squared)? {
+            Some(scale) => Plan::Run(*kernel, scale),
+            None => Plan::Skip,
+        })
     }
 
     /// What a validated call of `total` elements runs: the kernel, or a skip.
-    fn plan(&self, verdict: Verdict, total: usize) -> Plan {
+    fn plan(&self, verdict: Verdict, total: usize) -> Plan<A> {
         match verdict {
-            Verdict::Step => Plan::Run(self.config.backend.kernel(total)),
+            Verdict::Step => Plan::Run(self.config.backend.kernel(total), A::one()),
             Verdict::Skip => Plan::Skip,
         }
     }
 
-    /// The kernel to run a validated call on, or `None` for a step skipped
-    /// under [`NonFinitePolicy::Skip`] (counted here).
-    fn admit(&mut self, plan: Result<Plan>) -> Result<Option<Kernel>> {
+    /// The kernel and gradient scale to run a validated call with, or `None`
+    /// for a step skipped under [`NonFinitePolicy::Skip`] (counted here).
+    fn admit(&mut self, plan: Result<Plan<A>>) -> Result<Option<(Kernel, A)>> {
         match plan? {
-            Plan::Run(kernel) => Ok(Some(kernel)),
+            Plan::Run(kernel, scale) => Ok(Some((kernel, scale))),
             Plan::Skip => {
                 self.skipped_steps += 1;
                 Ok(None)
@@ -502,12 +540,13 @@ impl<A: Element> MetaSGD<A> {
     /// past [`metasgd_kernels::STREAM_MIN_BYTES`] they get streaming stores.
     fn apply<'a, D: Dimension + 'a>(
         &'a mut self,
-        kernel: Kernel,
+        (kernel, scale): (Kernel, A),
         output_bytes: usize,
         targets: impl Iterator<Item = (Target<'a, A, D>, ArrayView<'a, A, D>)>,
     ) {
         let cfg = self
             .kernel_config()
+            .with_grad_scale(scale)
             .with_streaming_stores(output_bytes >= metasgd_kernels::STREAM_MIN_BYTES);
         self.step_count += 1;
         let prev = self
@@ -528,7 +567,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
     /// One fused pass from `params` into a new array (same memory order).
     fn step(&mut self, params: &Array<A, D>, gradients: &Array<A, D>) -> Result<Array<A, D>> {
         let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
-        let Some(kernel) = self.admit(plan)? else {
+        let Some(run) = self.admit(plan)? else {
             return Ok(params.clone());
         };
         self.init_slots(core::iter::once(params.view()));
@@ -539,7 +578,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             dst: out.view_mut(),
         };
         let bytes = params.len() * size_of::<A>();
-        self.apply(kernel, bytes, core::iter::once((target, gradients.view())));
+        self.apply(run, bytes, core::iter::once((target, gradients.view())));
         // SAFETY: `apply` ran the step through `out.view_mut()`, writing every element.
         Ok(unsafe { out.assume_init() })
     }
@@ -556,7 +595,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             |j| params_list[j].shape(),
             |j| gradients_list[j].view(),
         );
-        let Some(kernel) = self.admit(plan)? else {
+        let Some(run) = self.admit(plan)? else {
             return Ok(params_list.iter().map(|p| (*p).clone()).collect());
         };
         self.init_slots(params_list.iter().map(|p| p.view()));
@@ -573,7 +612,7 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             });
         let bytes = params_list.iter().map(|p| p.len() * size_of::<A>()).sum();
         self.apply(
-            kernel,
+            run,
             bytes,
             targets.zip(gradients_list.iter().map(|g| g.view())),
         );
@@ -590,12 +629,12 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
         gradients: ArrayView<'_, A, D>,
     ) -> Result<()> {
         let plan = self.validate(Slots::First, 1, 1, |_| params.shape(), |_| gradients.view());
-        let Some(kernel) = self.admit(plan)? else {
+        let Some(run) = self.admit(plan)? else {
             return Ok(());
         };
         self.init_slots(core::iter::once(params.view()));
         self.apply(
-            kernel,
+            run,
             0,
             core::iter::once((Target::InPlace(params), gradients)),
         );
@@ -614,12 +653,12 @@ impl<A: Element, D: Dimension> Optimizer<A, D> for MetaSGD<A> {
             |j| params[j].shape(),
             |j| gradients[j].view(),
         );
-        let Some(kernel) = self.admit(plan)? else {
+        let Some(run) = self.admit(plan)? else {
             return Ok(());
         };
         self.init_slots(params.iter().map(|p| p.view()));
         let targets = params.iter_mut().map(|p| Target::InPlace(p.view_mut()));
-        self.apply(kernel, 0, targets.zip(gradients.iter().map(|g| g.view())));
+        self.apply(run, 0, targets.zip(gradients.iter().map(|g| g.view())));
         Ok(())
     }
 

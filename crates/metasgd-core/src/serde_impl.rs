@@ -36,6 +36,26 @@ pub(crate) mod exact {
     }
 }
 
+/// `#[serde(with = "exact_opt")]`: an optional float field, written exactly
+/// (`null` when absent).
+pub(crate) mod exact_opt {
+    use super::*;
+
+    pub(crate) fn serialize<A: Element, S: Serializer>(
+        x: &Option<A>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        x.map(Float::of).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, A: Element, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<A>, D::Error> {
+        let f = Option::<Float>::deserialize(d)?;
+        f.map(|f| f.to().map_err(D::Error::custom)).transpose()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Slot {

@@ -31,6 +31,9 @@ impl<A: Element> MetaSGDConfig<A> {
     /// # Ok::<(), metasgd_core::Error>(())
     /// ```
     ///
+    /// With `max_grad_norm` set, this tensor's gradient is clipped to that
+    /// norm on its own (a per-tensor step sees one tensor).
+    ///
     /// Under [`Rule::Hypergradient`] the rule's state is the caller's too:
     /// use [`Self::step_slices_with_prev`]; this one then refuses the step.
     pub fn step_slices(&self, theta: &mut [A], alpha: &mut [A], grad: &[A]) -> Result<Verdict> {
@@ -104,15 +107,26 @@ impl<A: Element> MetaSGDConfig<A> {
         let verdict = self
             .non_finite
             .verdict(|| metasgd_kernels::scalar::first_non_finite(grad).map(|i| (0, i)))?;
-        if verdict == Verdict::Step {
-            let kernel = self.backend.kernel(theta.len());
-            let update = Update::new(Theta::InPlace(theta), alpha, grad);
-            let update = match (prev, self.rule) {
-                (Some(p), Rule::Hypergradient { .. }) => update.with_prev(p),
-                _ => update,
-            };
-            metasgd_kernels::step(kernel, update, &self.kernel_config());
+        if verdict == Verdict::Skip {
+            return Ok(verdict);
         }
+        let kernel = self.backend.kernel(theta.len());
+        let scale = match self.max_grad_norm {
+            None => A::one(),
+            Some(_) => {
+                let squared = metasgd_kernels::norm::squared_norm(kernel, grad);
+                match self.clip_scale(squared)? {
+                    Some(s) => s,
+                    None => return Ok(Verdict::Skip),
+                }
+            }
+        };
+        let update = Update::new(Theta::InPlace(theta), alpha, grad);
+        let update = match (prev, self.rule) {
+            (Some(p), Rule::Hypergradient { .. }) => update.with_prev(p),
+            _ => update,
+        };
+        metasgd_kernels::step(kernel, update, &self.kernel_config().with_grad_scale(scale));
         Ok(verdict)
     }
 }

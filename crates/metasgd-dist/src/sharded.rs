@@ -90,7 +90,15 @@ impl<A: Element, C: Collective> ShardedMetaSGD<A, C> {
     pub fn from_state(comm: C, template: MetaSGD<A>, shapes: Vec<Vec<usize>>) -> Result<Self> {
         let (offsets, total) = offsets(&shapes);
         let part = Partition::new(total, comm.size());
-        let local = Self::shard_of_template(&template, &shapes, &part, comm.rank());
+        let local = match template.config().max_grad_norm {
+            // The norm would need every rank's shard in the fixed order.
+            Some(c) => Err(Error::InvalidHyperparameter {
+                name: "max_grad_norm",
+                value: c.to_f64().unwrap_or(f64::NAN),
+                requirement: "unset: ShardedMetaSGD does not clip (clip the gradients before the step)",
+            }),
+            None => Self::shard_of_template(&template, &shapes, &part, comm.rank()),
+        };
         agree(&comm, "setup", local.as_ref().err())?;
         let inner = match local? {
             Some(shard) => {

@@ -41,6 +41,7 @@ pub struct Config<A> {
     inner_steps: usize,
     streaming: bool,
     rule: RateRule<A>,
+    grad_scale: A,
 }
 
 impl<A: Element> Config<A> {
@@ -51,6 +52,31 @@ impl<A: Element> Config<A> {
             inner_steps: crate::inner_steps(inner_steps),
             streaming: false,
             rule: RateRule::Reference,
+            grad_scale: A::one(),
+        }
+    }
+
+    /// Multiplies every gradient element by `scale` as it is read (gradient
+    /// clipping: `min(1, c / ||g||)`); 1, the default, reads it as it is.
+    /// The step then computes with `g * scale`, one rounding, in place of `g`.
+    pub fn with_grad_scale(mut self, scale: A) -> Self {
+        self.grad_scale = scale;
+        self
+    }
+
+    /// The gradient scale ([`Self::with_grad_scale`]).
+    #[inline]
+    pub fn grad_scale(&self) -> A {
+        self.grad_scale
+    }
+
+    /// `g` as the step reads it: `g * scale` when a scale is set.
+    #[inline(always)]
+    pub fn scaled(&self, g: A) -> A {
+        if self.grad_scale == A::one() {
+            g
+        } else {
+            g * self.grad_scale
         }
     }
 

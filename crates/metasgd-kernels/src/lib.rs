@@ -37,6 +37,7 @@
 mod config;
 mod element;
 pub mod meta;
+pub mod norm;
 pub mod output;
 pub mod par;
 pub mod scalar;

@@ -63,6 +63,35 @@ pub fn current_num_threads() -> usize {
     imp::current_num_threads()
 }
 
+/// `f` of every `block`-element block of `x` (the last may be shorter), in
+/// order, computed on the current pool.
+pub(crate) fn map_blocks<A: Element>(
+    x: &[A],
+    block: usize,
+    f: impl Fn(&[A]) -> A + Sync,
+) -> Vec<A> {
+    let mut out = vec![A::ZERO; x.len().div_ceil(block)];
+    fill_blocks(x, block, &mut out, &f);
+    out
+}
+
+/// Halves `out` (and the blocks of `x` it stands for) down to a task size.
+fn fill_blocks<A: Element>(x: &[A], block: usize, out: &mut [A], f: &(impl Fn(&[A]) -> A + Sync)) {
+    if out.len() * block <= PAR_CHUNK || out.len() < 2 {
+        for (o, b) in out.iter_mut().zip(x.chunks(block)) {
+            *o = f(b);
+        }
+        return;
+    }
+    let mid = out.len() / 2;
+    let (ol, or) = out.split_at_mut(mid);
+    let (xl, xr) = x.split_at((mid * block).min(x.len()));
+    imp::join(
+        || fill_blocks(xl, block, ol, f),
+        || fill_blocks(xr, block, or, f),
+    );
+}
+
 /// Cuts `updates` into chunks and runs `f` on each, in parallel on the
 /// current pool; on a one-thread pool `f` runs on each update whole.
 pub(crate) fn for_each_chunk<'a, A: Element>(

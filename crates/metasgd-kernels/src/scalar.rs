@@ -17,9 +17,11 @@ pub fn clamp<A: Element>(a: A) -> A {
 }
 
 /// One element: returns `(theta', alpha')`. Every operation is rounded on its
-/// own: no fused multiply-add, no `K * d` shortcut.
+/// own: no fused multiply-add, no `K * d` shortcut. A gradient scale
+/// ([`Config::with_grad_scale`]) multiplies `g` first.
 #[inline(always)]
 pub fn update<A: Element>(theta: A, g: A, alpha: A, cfg: &Config<A>) -> (A, A) {
+    let g = cfg.scaled(g);
     let d = alpha * g;
     let mut t = theta;
     let mut c = A::ZERO;
@@ -95,6 +97,7 @@ pub fn update_hypergradient<A: Element>(
     f: &Factors<A>,
     cfg: &Config<A>,
 ) -> (A, A, A) {
+    let g = cfg.scaled(g);
     let factor = by_sign(g * p, f.up, f.down, A::one());
     let a = clamp(alpha * factor);
     let d = a * g;

@@ -119,7 +119,7 @@ pub use metasgd_core::{
 pub mod kernels {
     pub use metasgd_core::kernels::{
         Config, Element, Kernel, PAR_THRESHOLD, RateRule, STREAM_MIN_BYTES, SimdLevel, Theta,
-        Update, auto, par, scalar, simd_level, step, step_many,
+        Update, auto, norm, par, scalar, simd_level, step, step_many,
     };
 }
 

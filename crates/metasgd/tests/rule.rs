@@ -346,3 +346,100 @@ fn bad_rule_settings_are_refused_before_anything_moves() {
         assert!(opt.per_param_lrs().is_empty());
     }
 }
+
+/// Gradient clipping: one list step equals the unclipped step on gradients
+/// scaled by hand by `c / ||g||` (the norm in the documented order), on every
+/// backend and thread count, under both rules.
+#[test]
+fn clipping_is_the_scaled_step() {
+    use metasgd::kernels::Kernel;
+    let shapes: [&[usize]; 3] = [&[5, 7], &[40_000], &[3]];
+    let grads: Vec<ArrayD<f32>> = shapes.iter().map(|s| arr(s, 21)).collect();
+    let params0: Vec<ArrayD<f32>> = shapes.iter().map(|s| arr(s, 22)).collect();
+    let norm = grads
+        .iter()
+        .fold(0.0_f32, |s, g| {
+            s + metasgd::kernels::norm::squared_norm(Kernel::Scalar, g.as_slice().unwrap())
+        })
+        .sqrt();
+    let c = norm / 3.0;
+    let scale = c / norm;
+    for rule in [Rule::Reference, rule::<f32>()] {
+        let base = MetaSGDConfig::new(0.05_f32)
+            .with_rule(rule)
+            .with_inner_steps(2);
+        let run = |config: MetaSGDConfig<f32>, g: &[ArrayD<f32>], backend, threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut opt = MetaSGD::from_config(config.with_backend(backend));
+            let mut p = params0.clone();
+            for _ in 0..2 {
+                pool.install(|| {
+                    let mut v: Vec<_> = p.iter_mut().map(|p| p.view_mut()).collect();
+                    let gv: Vec<_> = g.iter().map(|g| g.view()).collect();
+                    opt.step_list_inplace(&mut v, &gv).unwrap();
+                });
+            }
+            let flat = |v: &[ArrayD<f32>]| -> Vec<u64> {
+                v.iter().flat_map(|a| a.iter().map(|x| x.bits())).collect()
+            };
+            [flat(&p), flat(opt.per_param_lrs())]
+        };
+        let scaled: Vec<ArrayD<f32>> = grads.iter().map(|g| g.mapv(|x| x * scale)).collect();
+        let want = run(base, &scaled, Backend::Scalar, 1);
+        for backend in available_backends() {
+            for threads in [1, 2] {
+                let got = run(base.with_max_grad_norm(c), &grads, backend, threads);
+                assert!(got == want, "{rule:?} {backend:?} {threads}T");
+            }
+        }
+        // A norm under the bound leaves the gradients as they are.
+        let big = run(
+            base.with_max_grad_norm(norm * 2.0),
+            &grads,
+            Backend::Auto,
+            2,
+        );
+        assert!(
+            big == run(base, &grads, Backend::Auto, 2),
+            "{rule:?}: under the bound"
+        );
+    }
+}
+
+#[test]
+fn clipping_follows_the_non_finite_policy() {
+    // Finite gradients whose squares overflow: an infinite norm.
+    let g = ArrayD::from_elem(IxDyn(&[4]), 1e30_f32);
+    let config = MetaSGDConfig::new(0.1_f32).with_max_grad_norm(1.0);
+    let mut opt = MetaSGD::from_config(config.with_non_finite(NonFinitePolicy::Error));
+    let mut t = arr::<f32>(&[4], 1);
+    let before = t.clone();
+    let e = opt.step_inplace(t.view_mut(), g.view()).unwrap_err();
+    assert!(matches!(e, Error::NonFiniteGradNorm { .. }), "{e}");
+    assert_eq!(t, before);
+    let mut opt = MetaSGD::from_config(config.with_non_finite(NonFinitePolicy::Skip));
+    opt.step_inplace(t.view_mut(), g.view()).unwrap();
+    assert_eq!((opt.skipped_steps(), opt.get_step_count()), (1, 0));
+    assert_eq!(t, before);
+    // Propagate: scaled by c / inf = 0, nothing moves but the count.
+    let mut opt = MetaSGD::from_config(config);
+    opt.step_inplace(t.view_mut(), g.view()).unwrap();
+    assert_eq!(t, before);
+    assert_eq!(opt.get_step_count(), 1);
+    // A bound that is not finite and > 0 is refused.
+    let mut opt = MetaSGD::new(0.1_f32).with_max_grad_norm(0.0);
+    assert!(opt.step_inplace(t.view_mut(), g.view()).is_err());
+}
+
+#[test]
+fn clipping_is_saved_and_loaded() {
+    let opt = MetaSGD::new(0.1_f64)
+        .with_max_grad_norm(2.5)
+        .with_rule(rule());
+    let back = MetaSGD::<f64>::from_state_bytes(&opt.state_bytes()).unwrap();
+    assert_eq!(back.config(), opt.config());
+    assert!(back.same_settings(&opt));
+}

@@ -28,8 +28,8 @@ use crate::{Backend, Error, MetaSGD, MetaSGDConfig, NonFinitePolicy, Result, Rul
 
 const FORMAT: &str = "metasgd";
 
-/// The float settings, stored as 0-d tensors of `A`.
-const FLOATS: [&str; 3] = ["base_lr", "alpha_lr", "last_valid_lr"];
+/// The float settings, stored as 0-d tensors of `A` (the last two only when set).
+const FLOATS: [&str; 4] = ["base_lr", "alpha_lr", "last_valid_lr", "max_grad_norm"];
 /// The counters, stored as 0-d `U64` tensors.
 const COUNTS: [&str; 3] = ["inner_steps", "step_count", "skipped_steps"];
 /// The choices, stored by name in `__metadata__` (`rule` only when it is
@@ -88,6 +88,9 @@ impl<A: Element> MetaSGD<A> {
         if let Some(lr) = self.last_valid_lr {
             w.float("last_valid_lr", lr)?;
         }
+        if let Some(c) = c.max_grad_norm {
+            w.float("max_grad_norm", c)?;
+        }
         let counts = [c.inner_steps, self.step_count, self.skipped_steps];
         for (name, n) in COUNTS.iter().zip(counts) {
             w.count(name, n as u64)?;
@@ -140,7 +143,9 @@ impl<A: Element> MetaSGD<A> {
                 return Err(Error::invalid_checkpoint("__metadata__.rule", why));
             }
         };
-        let floats = FLOATS.iter().filter(|f| **f != "last_valid_lr" || r.has(f));
+        let floats = FLOATS
+            .iter()
+            .filter(|f| matches!(**f, "base_lr" | "alpha_lr") || r.has(f));
         let rule_floats = RULE_FLOATS.iter().filter(|_| hypergradient);
         let floats = floats.chain(rule_floats).chain(&COUNTS);
         let mut expected: BTreeSet<String> = floats.map(|f| f.to_string()).collect();
@@ -158,6 +163,10 @@ impl<A: Element> MetaSGD<A> {
             inner_steps: usize::try_from(r.count("inner_steps")?).unwrap_or(usize::MAX),
             backend: Backend::from_name("backend", r.metadata("backend")?)?,
             non_finite: NonFinitePolicy::from_name("non_finite", r.metadata("non_finite")?)?,
+            max_grad_norm: r
+                .has("max_grad_norm")
+                .then(|| r.float("max_grad_norm"))
+                .transpose()?,
             rule: match hypergradient {
                 true => Rule::Hypergradient {
                     up: r.float(RULE_FLOATS[0])?,

@@ -17,6 +17,12 @@ pub(crate) struct Hypergradient<A> {
 impl<A: Element> LanewisePrev<A> for Hypergradient<A> {
     #[inline(always)]
     fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P, prev: P) -> (P, P, P) {
+        let scale = self.cfg.grad_scale();
+        let g = if scale == A::one() {
+            g
+        } else {
+            g.mul(P::splat(tok, scale))
+        };
         let (up, down) = (P::splat(tok, self.f.up), P::splat(tok, self.f.down));
         let f = g.mul(prev).by_sign(up, down, P::splat(tok, A::one()));
         let a = alpha.mul(f).clamp();

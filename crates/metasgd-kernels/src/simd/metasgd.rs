@@ -39,6 +39,12 @@ impl<A: Element, const K: usize> Lanewise<A> for MetaSgd<A, K> {
     fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P) -> (P, P) {
         let steps = if K == 0 { self.cfg.inner_steps() } else { K };
         let two = A::one() + A::one();
+        let scale = self.cfg.grad_scale();
+        let g = if scale == A::one() {
+            g
+        } else {
+            g.mul(P::splat(tok, scale))
+        };
         let d = alpha.mul(g);
         let mut t = theta;
         for _ in 0..steps {

@@ -16,6 +16,37 @@ pub(crate) fn agree<C: Collective>(
     operation: &'static str,
     local: Option<&Error>,
 ) -> Result<()> {
+    match first_failure(comm, local) {
+        None => Ok(()),
+        Some(_) if local.is_some() => Err(local.cloned().expect("a local error")),
+        Some((rank, cause)) => Err(Error::PeerFailed {
+            rank,
+            operation,
+            cause,
+        }),
+    }
+}
+
+/// [`agree`], but every rank returns the very same error, the failing one
+/// included: [`Error::PeerFailed`] naming the first rank that failed and its
+/// error text. Collective.
+pub(crate) fn agree_uniform<C: Collective>(
+    comm: &C,
+    operation: &'static str,
+    local: Option<&Error>,
+) -> Result<()> {
+    match first_failure(comm, local) {
+        None => Ok(()),
+        Some((rank, cause)) => Err(Error::PeerFailed {
+            rank,
+            operation,
+            cause,
+        }),
+    }
+}
+
+/// The first failing rank and its error text, known to every rank.
+fn first_failure<C: Collective>(comm: &C, local: Option<&Error>) -> Option<(usize, String)> {
     let text = local.map(|e| {
         let mut t = e.to_string();
         if t.len() > MAX_CAUSE {
@@ -29,9 +60,7 @@ pub(crate) fn agree<C: Collective>(
     });
     // 0: fine; n + 1: failed with an n-byte message.
     let codes = comm.all_gather_u64(text.as_ref().map_or(0, |t| t.len() as u64 + 1));
-    let Some(rank) = codes.iter().position(|&c| c != 0) else {
-        return Ok(());
-    };
+    let rank = codes.iter().position(|&c| c != 0)?;
     // Every rank learns the first failing rank's message.
     let width = codes
         .iter()
@@ -44,14 +73,7 @@ pub(crate) fn agree<C: Collective>(
     }
     let mut all = vec![0u8; width * codes.len()];
     comm.all_gather(&mine, &mut all);
-    if let Some(e) = local {
-        return Err(e.clone());
-    }
     let len = (codes[rank] - 1) as usize;
     let cause = String::from_utf8_lossy(&all[rank * width..rank * width + len]).into_owned();
-    Err(Error::PeerFailed {
-        rank,
-        operation,
-        cause,
-    })
+    Some((rank, cause))
 }

@@ -64,6 +64,7 @@
 mod agree;
 mod checkpoint;
 mod collective;
+mod meta;
 #[cfg(feature = "mpi")]
 mod mpi_collective;
 mod partition;
@@ -75,6 +76,7 @@ mod threads;
 
 pub use checkpoint::{COMMIT_FILE, CommitRecord};
 pub use collective::Collective;
+pub use meta::DistMetaLearner;
 #[cfg(feature = "mpi")]
 pub use mpi_collective::MpiCollective;
 pub use partition::Partition;

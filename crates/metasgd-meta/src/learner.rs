@@ -33,6 +33,59 @@ pub struct MetaGradient<A> {
     pub alpha: Vec<ArrayD<A>>,
 }
 
+impl<A: Element> MetaGradient<A> {
+    /// Zero sums shaped like the parameters `like`, with the rates' when
+    /// `rates` (Meta-SGD).
+    pub fn zeros(like: &[ArrayD<A>], rates: bool) -> Self {
+        Self {
+            loss: A::ZERO,
+            theta: zeros_like(like),
+            alpha: if rates { zeros_like(like) } else { Vec::new() },
+        }
+    }
+
+    /// Adds one task's loss and meta-gradient (`s = s + g`, element by
+    /// element): the meta-batch's sum, taken in task order.
+    pub fn add_task(&mut self, loss: A, theta: &[ArrayD<A>], alpha: &[ArrayD<A>]) {
+        self.loss = self.loss + loss;
+        for (sum, g) in self
+            .theta
+            .iter_mut()
+            .zip(theta)
+            .chain(self.alpha.iter_mut().zip(alpha))
+        {
+            sum.zip_mut_with(g, |s, &g| *s = *s + g);
+        }
+    }
+
+    /// [`MetaGradient::add_task`] with the task's gradients as one flat
+    /// slice per part (each tensor's elements in row-major order, tensor
+    /// after tensor): the same bits.
+    pub fn add_task_flat(&mut self, loss: A, theta: &[A], alpha: &[A]) {
+        self.loss = self.loss + loss;
+        for (sums, flat) in [(&mut self.theta, theta), (&mut self.alpha, alpha)] {
+            let mut at = 0;
+            for sum in sums.iter_mut() {
+                let n = sum.len();
+                for (s, &g) in sum.iter_mut().zip(&flat[at..at + n]) {
+                    *s = *s + g;
+                }
+                at += n;
+            }
+        }
+    }
+
+    /// The mean over `n` tasks: every sum divided by `n`.
+    pub fn average(mut self, n: usize) -> Self {
+        let n = A::from(n).unwrap_or(A::one());
+        for sum in self.theta.iter_mut().chain(self.alpha.iter_mut()) {
+            sum.mapv_inplace(|s| s / n);
+        }
+        self.loss = self.loss / n;
+        self
+    }
+}
+
 /// Learns an initialisation and (for Meta-SGD) per-parameter learning rates.
 ///
 /// Meta-SGD: [`MetaLearner::meta_sgd`]; MAML: [`MetaLearner::maml`] (one
@@ -389,6 +442,32 @@ impl<A: Element> MetaLearner<A> {
         obj: &O,
         tasks: &[Task<O::Batch>],
     ) -> Result<MetaGradient<A>> {
+        if tasks.is_empty() {
+            return Err(Error::LengthMismatch {
+                params: self.theta.len(),
+                gradients: 0,
+            });
+        }
+        let mut sum = MetaGradient::zeros(&self.theta, self.learn_alpha);
+        self.for_each_task_gradient(obj, tasks, |_, loss, theta, alpha| {
+            sum.add_task(loss, theta, alpha);
+        })?;
+        Ok(sum.average(tasks.len()))
+    }
+
+    /// Each task's query loss and meta-gradient (theta's, then the rates';
+    /// none for MAML), handed to `visit` in task order once every task has
+    /// succeeded: the pieces [`MetaLearner::meta_gradient`] sums, for a
+    /// caller that sums them elsewhere (the ranks of `metasgd-dist`'s
+    /// `DistMetaLearner`). Tasks run in parallel on the current rayon pool
+    /// (feature `parallel`). A failing task is an error (the first in task
+    /// order) and nothing is visited.
+    pub fn for_each_task_gradient<O: Objective<A>>(
+        &self,
+        obj: &O,
+        tasks: &[Task<O::Batch>],
+        mut visit: impl FnMut(usize, A, &[ArrayD<A>], &[ArrayD<A>]),
+    ) -> Result<()> {
         if self.inner_steps > MAX_INNER_STEPS {
             return Err(Error::InvalidHyperparameter {
                 name: "inner_steps",
@@ -396,15 +475,9 @@ impl<A: Element> MetaLearner<A> {
                 requirement: "at most MAX_INNER_STEPS (1000)",
             });
         }
-        if tasks.is_empty() {
-            return Err(Error::LengthMismatch {
-                params: self.theta.len(),
-                gradients: 0,
-            });
-        }
         let mut pool = self.buffers.take::<TaskBuffers<A, O::Workspace>>();
         pool.retain(|b| b.fits(&self.theta, self.inner_steps, self.learn_alpha));
-        pool.resize_with(tasks.len(), || {
+        pool.resize_with(tasks.len().max(pool.len()), || {
             TaskBuffers::new(
                 obj.workspace(),
                 &self.theta,
@@ -427,51 +500,31 @@ impl<A: Element> MetaLearner<A> {
             .zip(pool.iter_mut())
             .map(|(t, b)| self.task_gradient(obj, t, b))
             .collect();
-
-        let mut loss = A::ZERO;
-        let mut theta = zeros_like(&self.theta);
-        let mut alpha = if self.learn_alpha {
-            zeros_like(&self.theta)
-        } else {
-            Vec::new()
-        };
-        let mut failed = None;
-        for (r, b) in per_task.into_iter().zip(&pool) {
-            match r {
-                Ok(l) => {
-                    loss = loss + l;
-                    for (sum, g) in theta
-                        .iter_mut()
-                        .zip(&b.lambda)
-                        .chain(alpha.iter_mut().zip(&b.dalpha))
-                    {
-                        sum.zip_mut_with(g, |s, &g| *s = *s + g);
-                    }
+        let outcome = match per_task.iter().find_map(|r| r.as_ref().err()) {
+            Some(e) => Err(e.clone()),
+            None => {
+                for (i, (r, b)) in per_task.iter().zip(&pool).enumerate() {
+                    let alpha: &[ArrayD<A>] = if self.learn_alpha { &b.dalpha } else { &[] };
+                    visit(i, *r.as_ref().unwrap_or(&A::ZERO), &b.lambda, alpha);
                 }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+                Ok(())
             }
-        }
+        };
         self.buffers.put(pool);
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        let n = A::from(tasks.len()).unwrap_or(A::one());
-        for sum in theta.iter_mut().chain(alpha.iter_mut()) {
-            sum.mapv_inplace(|s| s / n);
-        }
-        Ok(MetaGradient {
-            loss: loss / n,
-            theta,
-            alpha,
-        })
+        outcome
     }
 
-    /// One meta-update: the meta-gradient over `tasks`, then the outer
-    /// optimizer on the initialisation and (Meta-SGD) the rates. Returns
-    /// the mean query loss before the update. On error nothing changes.
-    pub fn meta_step<O: Objective<A>>(&mut self, obj: &O, tasks: &[Task<O::Batch>]) -> Result<A> {
+    /// Whether the rates are learned (Meta-SGD) or fixed (MAML).
+    pub fn learns_rates(&self) -> bool {
+        self.learn_alpha
+    }
+
+    /// The outer update with a meta-gradient computed elsewhere (the sum of
+    /// the tasks' pieces of [`MetaLearner::for_each_task_gradient`], averaged):
+    /// what [`MetaLearner::meta_step`] does after its meta-gradient. On error
+    /// (the outer optimizer's settings, the step counter's bound, shapes that
+    /// are not the parameters') nothing changes.
+    pub fn apply_meta_gradient(&mut self, g: &MetaGradient<A>) -> Result<()> {
         self.outer.check()?;
         if self.step == u32::MAX {
             return Err(Error::InvalidHyperparameter {
@@ -480,7 +533,24 @@ impl<A: Element> MetaLearner<A> {
                 requirement: "below 2^32 - 1",
             });
         }
-        let g = self.meta_gradient(obj, tasks)?;
+        let want_alpha = if self.learn_alpha {
+            self.theta.len()
+        } else {
+            0
+        };
+        let shapes_match = g.theta.len() == self.theta.len()
+            && g.alpha.len() == want_alpha
+            && g.theta
+                .iter()
+                .chain(&g.alpha)
+                .zip(self.theta.iter().chain(&self.theta))
+                .all(|(a, b)| a.shape() == b.shape());
+        if !shapes_match {
+            return Err(Error::LengthMismatch {
+                params: self.theta.len(),
+                gradients: g.theta.len(),
+            });
+        }
         self.step += 1;
         self.outer.update(
             self.step,
@@ -496,6 +566,16 @@ impl<A: Element> MetaLearner<A> {
             &mut self.v_alpha,
             &g.alpha,
         );
+        Ok(())
+    }
+
+    /// One meta-update: the meta-gradient over `tasks`, then the outer
+    /// optimizer on the initialisation and (Meta-SGD) the rates. Returns
+    /// the mean query loss before the update. On error nothing changes.
+    pub fn meta_step<O: Objective<A>>(&mut self, obj: &O, tasks: &[Task<O::Batch>]) -> Result<A> {
+        self.outer.check()?;
+        let g = self.meta_gradient(obj, tasks)?;
+        self.apply_meta_gradient(&g)?;
         Ok(g.loss)
     }
 

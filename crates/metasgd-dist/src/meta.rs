@@ -17,6 +17,15 @@
 //!    order, exactly as the one-process `MetaLearner::meta_gradient` does,
 //!    averages, and runs the outer optimizer on its replica.
 //!
+//! Checkpoints ([`DistMetaLearner::save_state`]): the replicas are equal,
+//! so rank 0 alone writes `MetaLearner`'s checksummed file (the caller's
+//! tensors in it too), atomically: a temporary file synced and renamed over
+//! the last one, which is the commit. A process killed at any moment leaves
+//! the previous complete file or the new one; there is no set of per-rank
+//! files to keep consistent, so no generation directory is needed. Every
+//! rank then agrees on the outcome. [`DistMetaLearner::load_state`] reads it
+//! on every rank (shared storage), on any rank count.
+//!
 //! So the initialisation, the rates and the outer optimizer's state after
 //! every meta-step are those of the one-process `MetaLearner` on the same
 //! meta-batch, bit for bit, on any rank count. The outer optimizer's state is
@@ -26,10 +35,13 @@
 //! parameters to every step and save nothing that matters.
 
 use std::ops::Range;
+use std::path::Path;
 
+use metasgd_core::checkpoint::NamedTensors;
 use metasgd_core::{Error, Result};
 use metasgd_kernels::Element;
 use metasgd_meta::{MetaGradient, MetaLearner, Objective, Task};
+use ndarray::ArrayViewD;
 
 use crate::Collective;
 use crate::agree::agree_uniform;
@@ -88,6 +100,48 @@ impl<A: Element, C: Collective> DistMetaLearner<A, C> {
             send: Vec::new(),
             recv: Vec::new(),
         }
+    }
+
+    /// Saves the meta-training state (and the caller's `tensors`: rank 0's
+    /// are written, the others' ignored) to `path`: rank 0 writes it
+    /// atomically, then every rank learns the outcome. Collective: every rank
+    /// calls it with the same path. On error every rank returns the same
+    /// error, and the file at `path` is the previous one.
+    pub fn save_state_with_tensors(
+        &self,
+        path: impl AsRef<Path>,
+        tensors: &[(&str, ArrayViewD<'_, A>)],
+    ) -> Result<()> {
+        let local = if self.comm.rank() == 0 {
+            self.learner.save_state_with_tensors(path, tensors).err()
+        } else {
+            None
+        };
+        agree_uniform(&self.comm, "save", local.as_ref())
+    }
+
+    /// [`Self::save_state_with_tensors`] without tensors.
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_state_with_tensors(path, &[])
+    }
+
+    /// Every rank reads the state [`Self::save_state_with_tensors`] wrote
+    /// (checksums first), on any rank count; returns the learner and the
+    /// caller's tensors. Collective: on error on any rank every rank returns
+    /// the same error.
+    pub fn load_state_with_tensors(
+        comm: C,
+        path: impl AsRef<Path>,
+    ) -> Result<(Self, NamedTensors<A>)> {
+        let local = MetaLearner::<A>::load_state_with_tensors(path);
+        agree_uniform(&comm, "load", local.as_ref().err())?;
+        let (learner, tensors) = local?;
+        Ok((Self::new(comm, learner), tensors))
+    }
+
+    /// [`Self::load_state_with_tensors`] of a file without tensors.
+    pub fn load_state(comm: C, path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::load_state_with_tensors(comm, path)?.0)
     }
 
     /// This rank's replica.

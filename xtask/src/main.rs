@@ -4,7 +4,8 @@
 //! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
 //! cargo xtask bench --adapters [--quick]  candle and burn adapters against their frameworks; adapters.csv
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
-//! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save
+//! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save; the distributed meta-learner
+//! cargo xtask mpi --meta-speed  the distributed meta-learner: 2 ranks x 1 thread against 1 process x 2 threads
 //! ```
 //!
 //! One parser (clap) reads every task's flags; `cargo xtask --help` lists them.
@@ -58,6 +59,10 @@ enum Task {
         /// Steps of the timed run.
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Instead, the distributed meta-learner's speed: meta-iterations
+        /// per second of 2 ranks x 1 thread against 1 process x 2 threads.
+        #[arg(long)]
+        meta_speed: bool,
     },
 }
 
@@ -72,7 +77,12 @@ fn main() -> ExitCode {
             adapters: true,
         } => bench::adapters(quick),
         Task::Meta { args } => meta::run(&args),
-        Task::Mpi { elements, steps } => mpi::run_all(elements, steps),
+        Task::Mpi {
+            meta_speed: true, ..
+        } => mpi::meta_speed(),
+        Task::Mpi {
+            elements, steps, ..
+        } => mpi::run_all(elements, steps),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,10 @@
 //! 2 -> 3; kills a rank in the middle of a save (2 ranks, then 3) and
 //! resumes the last committed generation on another rank count; prints one
 //! line per run and fails on any mismatch. Then runs the `train_mpi` example
-//! on 2 ranks and resumes it on 3.
+//! on 2 ranks and resumes it on 3, and the distributed meta-learner
+//! (`meta_mpi`, Omniglot's set-up on random images) on 1, 2 and 3 ranks and
+//! killed and resumed on 2 (`meta_mpi ranks=1,2,3 equal=.. resumed_equal=..`).
+//! `--meta-speed`: 2 ranks of one thread against 1 process of two threads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,19 +65,16 @@ fn run(mut cmd: Command, prefix: &str) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-fn mismatches(line: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix("mismatches="))
-        .and_then(|v| v.parse().ok())
-}
-
-pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
+/// Builds the MPI examples; returns `mpi-check`'s path (the others lie beside it).
+fn build_examples() -> Result<PathBuf, String> {
     if !found("mpirun") {
         return Err(format!("mpirun not found; {INSTALL}"));
     }
     let root = project_root();
     let target = target_dir(&root)?;
-    println!("[xtask] building the mpi-check and train_mpi examples (release, --features mpi)");
+    println!(
+        "[xtask] building the mpi-check, train_mpi and meta_mpi examples (release, --features mpi)"
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -89,16 +89,116 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
             "mpi-check",
             "--example",
             "train_mpi",
+            "--example",
+            "meta_mpi",
         ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err(format!("building mpi-check failed ({status}); {INSTALL}"));
     }
-    let bin: PathBuf = target
+    Ok(target
         .join("release")
         .join("examples")
-        .join(format!("mpi-check{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("mpi-check{}", std::env::consts::EXE_SUFFIX)))
+}
+
+fn mismatches(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("mismatches="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of `key=` in a line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// The distributed meta-learner (the `meta_mpi` example, Omniglot's set-up
+/// on random images): 12 meta-iterations on 1, 2 and 3 ranks give the same
+/// parameters, and a 2-rank run killed after its 6th meta-iteration resumes
+/// from its last checkpoint to the same parameters.
+fn meta_check(bin: &Path, target: &Path) -> Result<(), String> {
+    let mut sums = Vec::new();
+    for ranks in 1..=3 {
+        let mut cmd = mpirun(ranks);
+        cmd.arg(bin).args(["check", "12"]);
+        let line = run(cmd, "meta_check")?.remove(0);
+        sums.push(field(&line, "params_crc32c").unwrap_or("").to_string());
+    }
+    let ckpt = target.join("xtask-mpi-meta.safetensors");
+    let _ = std::fs::remove_file(&ckpt);
+    let mut killed = mpirun(2);
+    killed.arg(bin).arg("check").arg("12").arg(&ckpt).arg("6");
+    let status = killed
+        .output()
+        .map_err(|e| format!("cannot run mpirun: {e}"))?
+        .status;
+    println!("killed 2 ranks after meta-iteration 6 ({status}); resuming on 2 ranks");
+    let mut resumed = mpirun(2);
+    resumed.arg(bin).arg("check").arg("12").arg(&ckpt);
+    let line = run(resumed, "meta_check")?.remove(0);
+    let resumed = field(&line, "params_crc32c").unwrap_or("").to_string();
+    let equal = sums.iter().all(|s| *s == sums[0] && !s.is_empty());
+    let resumed_equal = resumed == sums[0];
+    println!(
+        "meta_mpi ranks=1,2,3 equal={equal} resumed_equal={resumed_equal} params_crc32c={}",
+        sums[0]
+    );
+    let _ = std::fs::remove_file(&ckpt);
+    if equal && resumed_equal {
+        Ok(())
+    } else {
+        Err(format!(
+            "the meta-learner differs across ranks: {sums:?}, resumed {resumed}"
+        ))
+    }
+}
+
+/// `cargo xtask mpi --meta-speed`: meta-iterations per second of 2 ranks of
+/// one thread against 1 process of two threads, interleaved, medians of 3
+/// rounds of each.
+pub(crate) fn meta_speed() -> Result<(), String> {
+    let bin = build_examples()?;
+    let bin = bin.with_file_name(format!("meta_mpi{}", std::env::consts::EXE_SUFFIX));
+    let (mut two, mut one, mut bytes) = (Vec::new(), Vec::new(), String::new());
+    for round in 0..3 {
+        for (ranks, threads) in [(2, 1), (1, 2)] {
+            let mut cmd = mpirun(ranks);
+            cmd.args(["-x", &format!("RAYON_NUM_THREADS={threads}")]);
+            cmd.arg(&bin).args(["speed", "12"]);
+            let line = run(cmd, "meta_speed")?.remove(0);
+            let s: f64 = field(&line, "s_per_iteration")
+                .and_then(|v| v.parse().ok())
+                .ok_or("no timing")?;
+            if ranks == 2 {
+                two.push(1.0 / s);
+                bytes = field(&line, "bytes_per_rank").unwrap_or("").to_string();
+            } else {
+                one.push(1.0 / s);
+            }
+            println!(
+                "  round {round}: {ranks} rank(s) x {threads} thread(s): {:.3} meta-iterations/s",
+                1.0 / s
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (s1, s2) = (median(&mut two), median(&mut one));
+    println!(
+        "meta_mpi_speed ranks2x1={s1:.3} process1x2={s2:.3} ratio={:.3} bytes_per_rank={bytes}",
+        s1 / s2
+    );
+    Ok(())
+}
+
+pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
+    let bin = build_examples()?;
+    let target = target_dir(&project_root())?;
     let mut lines = Vec::new();
     for ranks in 1..=4 {
         let mut cmd = mpirun(ranks);
@@ -196,14 +296,14 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
         }
     }
     let bad: Vec<&String> = lines.iter().filter(|l| mismatches(l) != Some(0)).collect();
-    if bad.is_empty() {
-        println!(
-            "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks, across resharding, and after a rank killed mid-save"
-        );
-        Ok(())
-    } else {
-        Err(format!("mismatches: {bad:?}"))
+    if !bad.is_empty() {
+        return Err(format!("mismatches: {bad:?}"));
     }
+    println!(
+        "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks, across resharding, and after a rank killed mid-save"
+    );
+    let meta = bin.with_file_name(format!("meta_mpi{}", std::env::consts::EXE_SUFFIX));
+    meta_check(&meta, &target)
 }
 
 /// `mpi-check reshard-resume` on `to` ranks: loads what `from` ranks saved

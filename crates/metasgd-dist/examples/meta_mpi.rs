@@ -83,12 +83,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let seconds = start.elapsed().as_secs_f64() / (iterations - warm_up).max(1) as f64;
+    // The collective alone, with the meta-step's message size: for the
+    // scaling model's communication term.
+    let bytes = d.bytes_per_step(META_BATCH);
+    let send = vec![0u8; bytes];
+    let mut recv = vec![0u8; bytes * ranks];
+    let t = Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        d.collective().all_gather(&send, &mut recv);
+    }
+    let gather_ms = t.elapsed().as_secs_f64() * 1e3 / rounds as f64;
     if rank == 0 {
         let threads = rayon::current_num_threads();
         match mode {
             "speed" => println!(
-                "meta_speed ranks={ranks} threads={threads} s_per_iteration={seconds:.4} bytes_per_rank={}",
-                d.bytes_per_step(META_BATCH)
+                "meta_speed ranks={ranks} threads={threads} s_per_iteration={seconds:.4} bytes_per_rank={bytes} all_gather_ms={gather_ms:.3}"
             ),
             _ => {
                 let mut bytes = Vec::new();

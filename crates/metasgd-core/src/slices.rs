@@ -51,8 +51,9 @@ impl<A: Element> MetaSGDConfig<A> {
     /// let config = MetaSGDConfig::new(0.1_f32).with_inner_steps(1).with_rule(Rule::hypergradient());
     /// let (mut theta, mut alpha, mut prev) = (vec![1.0_f32], vec![0.1_f32], vec![0.5_f32]);
     /// config.step_slices_with_prev(&mut theta, &mut alpha, &mut prev, &[1.0])?;
-    /// let Rule::Hypergradient { up, .. } = config.rule else { unreachable!() };
-    /// assert_eq!((alpha[0], prev[0]), (0.1 * up, 1.0)); // same sign as before: up
+    /// let Rule::Hypergradient { up, smoothing, .. } = config.rule else { unreachable!() };
+    /// assert_eq!(alpha[0], 0.1 * up); // the same sign as the history: up
+    /// assert_eq!(prev[0], 0.5 * smoothing + 1.0 * (1.0 - smoothing)); // the history moves
     /// # Ok::<(), metasgd_core::Error>(())
     /// ```
     pub fn step_slices_with_prev(

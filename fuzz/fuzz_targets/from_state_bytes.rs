@@ -30,6 +30,7 @@ fn optimizer<A: Element>(data: &[u8], keys: &[&str]) {
             .expect("a state this build accepted must load again");
         assert!(again.optimizer.same_settings(o));
         assert_eq!(bits(again.optimizer.per_param_lrs()), bits(o.per_param_lrs()));
+        assert_eq!(bits(again.optimizer.previous_gradients()), bits(o.previous_gradients()));
         assert_eq!(again.tensors.len(), l.tensors.len());
     }
 }

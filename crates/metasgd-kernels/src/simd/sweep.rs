@@ -237,9 +237,6 @@ pub(crate) fn scalar_prev<A: Element, O: LanewisePrev<A>>(u: Update<'_, A>, op: 
     }
 }
 
-/// The pack loop of [`sweep_prev`]: one 64-byte line of each stream (two
-/// packs) per iteration, prefetched once, as the reference rule's loop
-/// does; then at most one pack; then the scalar tail.
 #[inline(always)]
 fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
     tok: P::Token,
@@ -247,88 +244,15 @@ fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
     op: O,
     streaming: bool,
 ) {
-    let (lanes, line) = (P::LANES, 2 * P::LANES);
+    let lanes = P::LANES;
     let body = u.len() - u.len() % lanes;
     let (main, tail) = u.split_at(body);
-    let (lines, single) = main.split_at(body - body % line);
     let Update {
         theta,
         alpha,
         grad,
         prev,
-    } = lines;
-    let prev = prev.expect("an update of a rule with state carries the previous gradient");
-    let state = alpha
-        .chunks_exact_mut(line)
-        .zip(grad.chunks_exact(line))
-        .zip(prev.chunks_exact_mut(line));
-    // A function, not a closure: a closure would be compiled without the
-    // caller's `#[target_feature]`, and the intrinsics would not inline.
-    #[inline(always)]
-    fn two<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
-        tok: P::Token,
-        op: O,
-        t: &[A],
-        (a, g, p): (&mut [A], &[A], &mut [A]),
-    ) -> (P, P) {
-        if PREFETCH {
-            for s in [t, g, a, p] {
-                ahead::<A, P>(s);
-            }
-        }
-        let n = P::LANES;
-        let (t0, g0) = (P::load(tok, t), P::load(tok, g));
-        let (t1, g1) = (P::load(tok, &t[n..]), P::load(tok, &g[n..]));
-        let (nt0, na0, np0) = op.packs(tok, t0, g0, P::load(tok, a), P::load(tok, p));
-        let (nt1, na1, np1) = op.packs(tok, t1, g1, P::load(tok, &a[n..]), P::load(tok, &p[n..]));
-        na0.store(a);
-        np0.store(p);
-        na1.store(&mut a[n..]);
-        np1.store(&mut p[n..]);
-        (nt0, nt1)
-    }
-    match theta {
-        Theta::InPlace(theta) => {
-            for (t, ((a, g), p)) in theta.chunks_exact_mut(line).zip(state) {
-                let (n0, n1) = two::<A, P, O, PREFETCH>(tok, op, t, (a, g, p));
-                n0.store(t);
-                n1.store(&mut t[lanes..]);
-            }
-        }
-        Theta::Into { src, dst } => {
-            let theta = src.chunks_exact(line).zip(dst.chunks_exact_mut(line));
-            for ((s, d), ((a, g), p)) in theta.zip(state) {
-                let (n0, n1) = two::<A, P, O, PREFETCH>(tok, op, s, (a, g, p));
-                let (d0, d1) = d.split_at_mut(lanes);
-                if streaming {
-                    n0.store_stream(d0);
-                    n1.store_stream(d1);
-                } else {
-                    n0.store_uninit(d0);
-                    n1.store_uninit(d1);
-                }
-            }
-        }
-    }
-    single_prev::<A, P, O, PREFETCH>(tok, single, op, streaming);
-    scalar_prev(tail, op);
-}
-
-/// At most a pack's worth of [`packs_prev`], one pack per iteration.
-#[inline(always)]
-fn single_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
-    tok: P::Token,
-    u: Update<'_, A>,
-    op: O,
-    streaming: bool,
-) {
-    let lanes = P::LANES;
-    let Update {
-        theta,
-        alpha,
-        grad,
-        prev,
-    } = u;
+    } = main;
     let prev = prev.expect("an update of a rule with state carries the previous gradient");
     let state = alpha
         .chunks_exact_mut(lanes)
@@ -372,4 +296,5 @@ fn single_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>
             }
         }
     }
+    scalar_prev(tail, op);
 }

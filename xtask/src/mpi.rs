@@ -166,7 +166,14 @@ pub(crate) fn meta_speed() -> Result<(), String> {
     for round in 0..3 {
         for (ranks, threads) in [(2, 1), (1, 2)] {
             let mut cmd = mpirun(ranks);
-            cmd.args(["-x", &format!("RAYON_NUM_THREADS={threads}")]);
+            // Open MPI binds each rank to one core by default: a process of
+            // two threads must be free to use both.
+            cmd.args([
+                "--bind-to",
+                "none",
+                "-x",
+                &format!("RAYON_NUM_THREADS={threads}"),
+            ]);
             cmd.arg(&bin).args(["speed", "12"]);
             let line = run(cmd, "meta_speed")?.remove(0);
             let s: f64 = field(&line, "s_per_iteration")

@@ -247,21 +247,56 @@ pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, mut curve: Curve) -> 
     last
 }
 
-/// The base-rate table's line: the final test accuracy of the hypergradient
-/// and the reference rule from each base rate, the best SGD and AdamW.
-pub(crate) fn robustness_line(
-    hypergradient: &[(f64, f64)],
-    reference: &[(f64, f64)],
-    sgd_best: f64,
-    adamw: f64,
-) -> String {
-    let mut line = String::from("base_rate_robustness");
-    for (label, runs) in [("hypergradient", hypergradient), ("reference", reference)] {
-        for (lr, acc) in runs {
-            line += &format!(" {label}_{lr}={acc:.4}");
-        }
+/// One run of the base-rate table: the hypergradient rule (`true`) or the
+/// reference rule, and its base rate.
+pub(crate) type TableRun = (bool, f64);
+
+/// The runs of the base-rate table besides the main ones (under
+/// `--robustness`): the hypergradient and the reference rule from each of
+/// 0.001, 0.01 and 0.1 not run already.
+pub(crate) fn robustness_runs(args: &Common) -> Vec<TableRun> {
+    if !args.robustness {
+        return Vec::new();
     }
-    line + &format!(" sgd_best={sgd_best:.4} adamw={adamw:.4}")
+    let rates = [0.001, 0.01, 0.1];
+    let hyper = rates.iter().filter(|&&lr| lr != args.hypergradient_lr);
+    let reference = rates.iter().filter(|&&lr| lr != args.base_lr);
+    hyper
+        .map(|&lr| (true, lr))
+        .chain(reference.map(|&lr| (false, lr)))
+        .collect()
+}
+
+/// A table run's name.
+pub(crate) fn run_name((hypergradient, lr): TableRun) -> String {
+    let label = if hypergradient {
+        "hypergradient"
+    } else {
+        "reference"
+    };
+    format!("{label} rule from {lr}")
+}
+
+/// The base-rate table's line (under `--robustness`): the final test
+/// accuracy of each rule from each base rate (the table's runs, `done`, and
+/// the main runs of both rules), the best SGD and AdamW.
+pub(crate) fn robustness_line(
+    args: &Common,
+    mut done: Vec<(TableRun, f64)>,
+    [hypergradient, reference, sgd_best, adamw]: [f64; 4],
+) -> Option<String> {
+    if !args.robustness {
+        return None;
+    }
+    done.push(((true, args.hypergradient_lr), hypergradient));
+    done.push(((false, args.base_lr), reference));
+    done.sort_by(|a, b| b.0.0.cmp(&a.0.0).then(a.0.1.total_cmp(&b.0.1)));
+    let mut line = String::from("base_rate_robustness");
+    for ((hyper, lr), acc) in done {
+        let label = if hyper { "hypergradient" } else { "reference" };
+        line += &format!(" {label}_{lr}={acc:.4}");
+    }
+    Some(line + &format!(" sgd_best={sgd_best:.4} adamw={adamw:.4}"))
 }
 
 /// Test accuracy against epochs, one line per curve.

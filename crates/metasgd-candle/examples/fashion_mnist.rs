@@ -302,7 +302,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    let extra = robustness_runs(&args);
+    let extra = common::robustness_runs(&args);
     let batches = train_set.len().div_ceil(args.batch) as u64;
     let runs = 3 + args.sgd_grid.len() as u64 + extra.len() as u64;
     let bar =
@@ -408,30 +408,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Rule::hypergradient(), args.hypergradient_lr),
         name,
     )?;
-    let mut table = (Vec::new(), Vec::new());
-    for (rule, lr) in extra {
-        let label = if matches!(rule, Rule::Reference) {
-            "reference"
-        } else {
-            "hypergradient"
-        };
-        let (curve, _) = metasgd_run(&run, &init, (rule, lr), format!("{label} rule from {lr}"))?;
+    let mut done = Vec::new();
+    for t in extra {
+        let (rule, lr) = (
+            if t.0 {
+                Rule::hypergradient()
+            } else {
+                Rule::Reference
+            },
+            t.1,
+        );
+        let curve = metasgd_run(&run, &init, (rule, lr), common::run_name(t))?.0;
         bar.suspend(|| println!("  {}: final test accuracy {:.4}", curve.name, curve.last()));
-        let side = if matches!(rule, Rule::Reference) {
-            &mut table.1
-        } else {
-            &mut table.0
-        };
-        side.push((lr, curve.last()));
+        done.push((t, curve.last()));
     }
     bar.finish_and_clear();
-    let robustness = args.robustness.then(|| {
-        table.0.push((args.hypergradient_lr, hypergradient.last()));
-        table.1.push((args.base_lr, reference.last()));
-        table.0.sort_by(|a, b| a.0.total_cmp(&b.0));
-        table.1.sort_by(|a, b| a.0.total_cmp(&b.0));
-        common::robustness_line(&table.0, &table.1, sgd_best, adamw.last())
-    });
+    let mains = [
+        hypergradient.last(),
+        reference.last(),
+        sgd_best,
+        adamw.last(),
+    ];
+    let robustness = common::robustness_line(&args, done, mains);
 
     let mut curves = vec![reference, adamw];
     curves.extend(best_sgd);
@@ -466,20 +464,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     common::report(&curves, robustness, resumed_equal);
     Ok(())
-}
-
-/// The runs of the base-rate table besides the main ones (under
-/// `--robustness`): the hypergradient and the reference rule from each of
-/// 0.001, 0.01 and 0.1 not run already.
-fn robustness_runs(args: &Common) -> Vec<(Rule<f32>, f64)> {
-    if !args.robustness {
-        return Vec::new();
-    }
-    let rates = [0.001, 0.01, 0.1];
-    let hyper = rates.iter().filter(|&&lr| lr != args.hypergradient_lr);
-    let reference = rates.iter().filter(|&&lr| lr != args.base_lr);
-    hyper
-        .map(|&lr| (Rule::hypergradient(), lr))
-        .chain(reference.map(|&lr| (Rule::Reference, lr)))
-        .collect()
 }

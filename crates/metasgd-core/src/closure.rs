@@ -85,15 +85,7 @@ impl<A: Element> MetaSGD<A> {
         let mut c = Array::<A, D>::zeros(params.raw_dim());
         let mut g_last = None;
         for _ in 0..self.config.inner_steps {
-            let g = grad_fn(&t)?;
-            if g.shape() != t.shape() {
-                return Err(shape_error(t.shape(), g.shape()));
-            }
-            let verdict = self
-                .config
-                .non_finite
-                .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
-            let Some(g) = self.clipped(g, verdict)? else {
+            let Some(g) = self.evaluate(&mut grad_fn, &t)? else {
                 self.skipped_steps += 1;
                 return Ok(params.clone());
             };
@@ -148,15 +140,7 @@ impl<A: Element> MetaSGD<A> {
         let cfg = Config::new(self.config.alpha_lr, 1);
         let mut t = params.clone();
         for _ in 0..self.config.inner_steps {
-            let g = grad_fn(&t)?;
-            if g.shape() != t.shape() {
-                return Err(shape_error(t.shape(), g.shape()));
-            }
-            let verdict = self
-                .config
-                .non_finite
-                .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
-            let Some(g) = self.clipped(g, verdict)? else {
+            let Some(g) = self.evaluate(&mut grad_fn, &t)? else {
                 self.skipped_steps += 1;
                 return Ok(params.clone());
             };
@@ -181,16 +165,24 @@ impl<A: Element> MetaSGD<A> {
 }
 
 impl<A: Element> MetaSGD<A> {
-    /// One evaluated gradient as the closure step uses it: `None` when the
-    /// step is skipped (the policy's verdict, or a non-finite norm under
-    /// `Skip`), else the gradient, scaled by clipping's `min(1, c / ||g||)`
-    /// when `max_grad_norm` is set (one rounding per element, as the kernels
-    /// scale).
-    fn clipped<D: Dimension>(
-        &self,
-        g: Array<A, D>,
-        verdict: Verdict,
-    ) -> Result<Option<Array<A, D>>> {
+    /// The gradient at `t` as the closure step uses it: its shape checked,
+    /// `None` when the step is skipped (the policy's verdict, or a
+    /// non-finite norm under `Skip`), else the gradient, scaled by clipping's
+    /// `min(1, c / ||g||)` when `max_grad_norm` is set (one rounding per
+    /// element, as the kernels scale).
+    fn evaluate<D, F>(&self, grad_fn: &mut F, t: &Array<A, D>) -> Result<Option<Array<A, D>>>
+    where
+        D: Dimension,
+        F: FnMut(&Array<A, D>) -> Result<Array<A, D>>,
+    {
+        let g = grad_fn(t)?;
+        if g.shape() != t.shape() {
+            return Err(shape_error(t.shape(), g.shape()));
+        }
+        let verdict = self
+            .config
+            .non_finite
+            .verdict(|| g.iter().position(|v| !v.is_finite()).map(|i| (0, i)))?;
         if verdict == Verdict::Skip {
             return Ok(None);
         }

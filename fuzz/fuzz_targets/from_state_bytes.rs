@@ -36,10 +36,12 @@ fn optimizer<A: Element>(data: &[u8], keys: &[&str]) {
 }
 
 fn learner<A: Element>(data: &[u8]) {
-    if let Ok((l, t)) = MetaLearner::<A>::from_state_bytes_with(data) {
-        let tensors: Vec<(&str, _)> = t.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
-        let bytes = l.state_bytes_with(&tensors).expect("encodes");
-        let (again, _) = MetaLearner::<A>::from_state_bytes_with(&bytes).expect("loads again");
+    if let Ok((l, extras)) = MetaLearner::<A>::from_state_bytes_with_extras(data) {
+        let bytes = l.state_bytes_with_extras(&extras).expect("encodes");
+        let (again, again_extras) =
+            MetaLearner::<A>::from_state_bytes_with_extras(&bytes).expect("loads again");
+        assert_eq!(again_extras.counters, extras.counters);
+        assert_eq!(again_extras.tensors.len(), extras.tensors.len());
         assert_eq!(bits(again.params()), bits(l.params()));
         assert_eq!(bits(again.alphas()), bits(l.alphas()));
         assert_eq!(again.meta_steps(), l.meta_steps());

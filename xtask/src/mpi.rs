@@ -3,10 +3,12 @@
 //! 2 -> 3; kills a rank in the middle of a save (2 ranks, then 3) and
 //! resumes the last committed generation on another rank count; prints one
 //! line per run and fails on any mismatch. Then runs the `train_mpi` example
-//! on 2 ranks and resumes it on 3, and the distributed meta-learner
-//! (`meta_mpi`, Omniglot's set-up on random images) on 1, 2 and 3 ranks and
-//! killed and resumed on 2 (`meta_mpi ranks=1,2,3 equal=.. resumed_equal=..`).
-//! `--meta-speed`: 2 ranks of one thread against 1 process of two threads.
+//! on 2 ranks and resumes it on 3, and the Omniglot example's smoke run
+//! (the distributed meta-learner on the real data) on 1, 2 and 3 ranks and
+//! killed mid-save on 2 and resumed on 3 (`meta_mpi ranks=1,2,3 equal=..
+//! resumed_equal=..`). `--meta-speed`: the `meta_mpi` example (Omniglot's
+//! set-up on random images), 2 ranks of one thread against 1 process of two
+//! threads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,7 +75,7 @@ fn build_examples() -> Result<PathBuf, String> {
     let root = project_root();
     let target = target_dir(&root)?;
     println!(
-        "[xtask] building the mpi-check, train_mpi and meta_mpi examples (release, --features mpi)"
+        "[xtask] building the mpi-check, train_mpi, meta_mpi and omniglot examples (release, --features mpi)"
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
@@ -91,6 +93,8 @@ fn build_examples() -> Result<PathBuf, String> {
             "train_mpi",
             "--example",
             "meta_mpi",
+            "--example",
+            "omniglot",
         ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -115,38 +119,51 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
-/// The distributed meta-learner (the `meta_mpi` example, Omniglot's set-up
-/// on random images): 12 meta-iterations on 1, 2 and 3 ranks give the same
-/// parameters, and a 2-rank run killed after its 6th meta-iteration resumes
-/// from its last checkpoint to the same parameters.
+/// The Omniglot example under MPI: its smoke set-up (12 meta-iterations
+/// on the real data) on 1, 2 and 3 ranks gives the same parameters, and a
+/// 2-rank run whose rank 0 dies in the middle of its second save (the file
+/// staged, not committed) resumes on 3 ranks to the same parameters.
 fn meta_check(bin: &Path, target: &Path) -> Result<(), String> {
+    let data = project_root().join("../shared/data/omniglot");
+    if !data.join("all_runs.zip").exists() {
+        return Err(format!(
+            "{}: the Omniglot data is missing (its README says where it comes from)",
+            data.display()
+        ));
+    }
+    let out = target.join("xtask-mpi-omniglot");
+    let omniglot = |ranks: usize, extra: &[&str]| {
+        let mut cmd = mpirun(ranks);
+        cmd.arg(bin).args(["--smoke", "--data"]).arg(&data);
+        cmd.arg("--out").arg(out.join(format!("ranks{ranks}")));
+        cmd.args(extra);
+        cmd
+    };
+    let crc = |line: &str| field(line, "crc32c").unwrap_or("").to_string();
     let mut sums = Vec::new();
     for ranks in 1..=3 {
-        let mut cmd = mpirun(ranks);
-        cmd.arg(bin).args(["check", "12"]);
-        let line = run(cmd, "meta_check")?.remove(0);
-        sums.push(field(&line, "params_crc32c").unwrap_or("").to_string());
+        sums.push(crc(&run(omniglot(ranks, &[]), "omniglot_params")?.remove(0)));
     }
-    let ckpt = target.join("xtask-mpi-meta.safetensors");
-    let _ = std::fs::remove_file(&ckpt);
-    let mut killed = mpirun(2);
-    killed.arg(bin).arg("check").arg("12").arg(&ckpt).arg("6");
+    let ckpt = out.join("checkpoint");
+    let _ = std::fs::remove_dir_all(&ckpt);
+    let ckpt_arg = ckpt.display().to_string();
+    let mut killed = omniglot(2, &["--checkpoint", &ckpt_arg, "--die-mid-save", "2"]);
     let status = killed
         .output()
         .map_err(|e| format!("cannot run mpirun: {e}"))?
         .status;
-    println!("killed 2 ranks after meta-iteration 6 ({status}); resuming on 2 ranks");
-    let mut resumed = mpirun(2);
-    resumed.arg(bin).arg("check").arg("12").arg(&ckpt);
-    let line = run(resumed, "meta_check")?.remove(0);
-    let resumed = field(&line, "params_crc32c").unwrap_or("").to_string();
+    if status.success() {
+        return Err("the run that should have died mid-save completed".into());
+    }
+    println!("rank 0 of 2 killed in the middle of its second save ({status}); resuming on 3 ranks");
+    let line = run(omniglot(3, &["--checkpoint", &ckpt_arg]), "omniglot_params")?.remove(0);
+    let resumed = crc(&line);
     let equal = sums.iter().all(|s| *s == sums[0] && !s.is_empty());
     let resumed_equal = resumed == sums[0];
     println!(
         "meta_mpi ranks=1,2,3 equal={equal} resumed_equal={resumed_equal} params_crc32c={}",
         sums[0]
     );
-    let _ = std::fs::remove_file(&ckpt);
     if equal && resumed_equal {
         Ok(())
     } else {
@@ -174,7 +191,7 @@ pub(crate) fn meta_speed() -> Result<(), String> {
                 "-x",
                 &format!("RAYON_NUM_THREADS={threads}"),
             ]);
-            cmd.arg(&bin).args(["speed", "12"]);
+            cmd.arg(&bin).arg("12");
             let line = run(cmd, "meta_speed")?.remove(0);
             let s: f64 = field(&line, "s_per_iteration")
                 .and_then(|v| v.parse().ok())
@@ -309,8 +326,8 @@ pub(crate) fn run_all(elements: usize, steps: usize) -> Result<(), String> {
     println!(
         "[xtask] sharded MetaSGD is bitwise equal to one process on 1-4 ranks, across resharding, and after a rank killed mid-save"
     );
-    let meta = bin.with_file_name(format!("meta_mpi{}", std::env::consts::EXE_SUFFIX));
-    meta_check(&meta, &target)
+    let omniglot = bin.with_file_name(format!("omniglot{}", std::env::consts::EXE_SUFFIX));
+    meta_check(&omniglot, &target)
 }
 
 /// `mpi-check reshard-resume` on `to` ranks: loads what `from` ranks saved

@@ -33,10 +33,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-#[path = "../../../examples/common/fashion_mnist.rs"]
-mod common;
-use common::{Common, Curve, SEED, Split};
 use metasgd_core::{MetaSGDConfig, Rule};
+use metasgd_examples::fashion_mnist::{self as common, Common, Curve, SEED, Split};
 
 /// Train a CNN on Fashion-MNIST with MetaSGD, AdamW and SGD (burn, Flex).
 #[derive(Parser, Debug)]

@@ -23,10 +23,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{ArrayD, IxDyn};
 
-#[path = "../../../examples/common/fashion_mnist.rs"]
-mod common;
-use common::{Common, Curve, SEED, Split};
 use metasgd_core::{MetaSGDConfig, Rule};
+use metasgd_examples::fashion_mnist::{self as common, Common, Curve, SEED, Split};
 
 /// Train a CNN on Fashion-MNIST with MetaSGD, AdamW and SGD (candle).
 #[derive(Parser, Debug)]

@@ -17,13 +17,14 @@
 //!    order, exactly as the one-process `MetaLearner::meta_gradient` does,
 //!    averages, and runs the outer optimizer on its replica.
 //!
-//! Checkpoints ([`DistMetaLearner::save_state`]): the replicas are equal,
-//! so rank 0 alone writes `MetaLearner`'s checksummed file (the caller's
-//! tensors in it too), atomically: a temporary file synced and renamed over
-//! the last one, which is the commit. A process killed at any moment leaves
-//! the previous complete file or the new one; there is no set of per-rank
-//! files to keep consistent, so no generation directory is needed. Every
-//! rank then agrees on the outcome. [`DistMetaLearner::load_state`] reads it
+//! Checkpoints ([`DistMetaLearner::save_state_with`]): the replicas are
+//! equal, so rank 0 alone writes `MetaLearner`'s checksummed file (the
+//! caller's extras in it too), in two phases: a temporary file synced, every
+//! rank's agreement, then the rename over the last file, which is the
+//! commit (issue 13's protocol with one record: rank 0's, written last). A
+//! process killed at any moment leaves the previous complete file or the
+//! new one; there is no set of per-rank files to keep consistent, so no
+//! generation directory is needed. [`DistMetaLearner::load_state`] reads it
 //! on every rank (shared storage), on any rank count.
 //!
 //! So the initialisation, the rates and the outer optimizer's state after
@@ -37,10 +38,10 @@
 use std::ops::Range;
 use std::path::Path;
 
-use metasgd_core::checkpoint::NamedTensors;
+use metasgd_core::checkpoint::{NamedTensors, Staged};
 use metasgd_core::{Error, Result};
 use metasgd_kernels::Element;
-use metasgd_meta::{MetaGradient, MetaLearner, Objective, Task};
+use metasgd_meta::{Extras, MetaGradient, MetaLearner, Objective, Task};
 use ndarray::ArrayViewD;
 
 use crate::Collective;
@@ -102,33 +103,57 @@ impl<A: Element, C: Collective> DistMetaLearner<A, C> {
         }
     }
 
-    /// Saves the meta-training state (and the caller's `tensors`: rank 0's
-    /// are written, the others' ignored) to `path`: rank 0 writes it
-    /// atomically, then every rank learns the outcome. Collective: every rank
-    /// calls it with the same path. On error every rank returns the same
-    /// error, and the file at `path` is the previous one.
+    /// Saves the meta-training state and the caller's [`Extras`] (rank 0's
+    /// are written, the others' ignored) to `path`, in two phases: rank 0
+    /// writes and syncs a temporary file beside `path`; every rank agrees
+    /// that it did (and that no rank died); rank 0 renames it over `path`,
+    /// which is the commit; every rank agrees on the outcome. Collective:
+    /// every rank calls it with the same path. On error every rank returns
+    /// the same error; a rank that dies before the commit leaves the
+    /// previous file at `path`.
+    pub fn save_state_with(&self, path: impl AsRef<Path>, extras: &Extras<A>) -> Result<()> {
+        let path = path.as_ref();
+        let staged = if self.comm.rank() == 0 {
+            Some(
+                self.learner
+                    .state_bytes_with_extras(extras)
+                    .and_then(|bytes| Staged::write(path, &bytes)),
+            )
+        } else {
+            None
+        };
+        let local = staged.as_ref().and_then(|s| s.as_ref().err());
+        agree_uniform(&self.comm, "save", local)?;
+        let committed = staged.and_then(|s| s.ok()).map(Staged::commit);
+        agree_uniform(&self.comm, "save", committed.and_then(Result::err).as_ref())
+    }
+
+    /// [`Self::save_state_with`] with tensors only.
     pub fn save_state_with_tensors(
         &self,
         path: impl AsRef<Path>,
         tensors: &[(&str, ArrayViewD<'_, A>)],
     ) -> Result<()> {
-        let local = if self.comm.rank() == 0 {
-            self.learner.save_state_with_tensors(path, tensors).err()
-        } else {
-            None
-        };
-        agree_uniform(&self.comm, "save", local.as_ref())
+        self.save_state_with(path, &Extras::from_tensors(tensors))
     }
 
-    /// [`Self::save_state_with_tensors`] without tensors.
+    /// [`Self::save_state_with`] without extras.
     pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.save_state_with_tensors(path, &[])
+        self.save_state_with(path, &Extras::default())
     }
 
-    /// Every rank reads the state [`Self::save_state_with_tensors`] wrote
-    /// (checksums first), on any rank count; returns the learner and the
-    /// caller's tensors. Collective: on error on any rank every rank returns
-    /// the same error.
+    /// Every rank reads the state [`Self::save_state_with`] wrote (checksums
+    /// first), on any rank count; returns the learner and the caller's
+    /// extras. Collective: on error on any rank every rank returns the same
+    /// error.
+    pub fn load_state_with(comm: C, path: impl AsRef<Path>) -> Result<(Self, Extras<A>)> {
+        let local = MetaLearner::<A>::load_state_with(path);
+        agree_uniform(&comm, "load", local.as_ref().err())?;
+        let (learner, extras) = local?;
+        Ok((Self::new(comm, learner), extras))
+    }
+
+    /// [`Self::load_state_with`] of a file with tensors only.
     pub fn load_state_with_tensors(
         comm: C,
         path: impl AsRef<Path>,
@@ -139,7 +164,7 @@ impl<A: Element, C: Collective> DistMetaLearner<A, C> {
         Ok((Self::new(comm, learner), tensors))
     }
 
-    /// [`Self::load_state_with_tensors`] of a file without tensors.
+    /// [`Self::load_state_with`] of a file without extras.
     pub fn load_state(comm: C, path: impl AsRef<Path>) -> Result<Self> {
         Ok(Self::load_state_with_tensors(comm, path)?.0)
     }

@@ -24,8 +24,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use metasgd_meta::{MetaLearner, Mlp, Order, Regression, Sine, Sinusoid, Task};
-use ndarray::{Array1, Array2, ArrayD};
+use metasgd_examples::Method;
+use metasgd_examples::plot::{Frame, Series, svg};
+use metasgd_meta::{MetaLearner, Mlp, Regression, Sine, Sinusoid, Task};
+use ndarray::{Array1, Array2};
 use plotters::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -38,34 +40,6 @@ const ALPHA_INIT: f32 = 0.1;
 const MAML_LR: f32 = 0.01;
 const OUTER_LR: f32 = 1e-3;
 const EVAL_QUERY: usize = 100;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Method {
-    #[value(name = "meta-sgd")]
-    MetaSgd,
-    Maml,
-    #[value(name = "fomaml")]
-    FoMaml,
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::MetaSgd => "meta-sgd",
-            Method::Maml => "maml",
-            Method::FoMaml => "fomaml",
-        }
-    }
-
-    fn learner(self, init: Vec<ArrayD<f32>>, alpha_init: f32) -> MetaLearner<f32> {
-        let l = match self {
-            Method::MetaSgd => MetaLearner::meta_sgd(init, alpha_init),
-            Method::Maml => MetaLearner::maml(init, MAML_LR),
-            Method::FoMaml => MetaLearner::maml(init, MAML_LR).with_order(Order::First),
-        };
-        l.with_outer_lr(OUTER_LR)
-    }
-}
 
 /// The sinusoid meta-learning benchmark: Meta-SGD, MAML and first-order MAML.
 #[derive(Parser, Debug)]
@@ -263,7 +237,9 @@ fn train(
     };
     let (mut learner, mut losses) = resumed.unwrap_or_else(|| {
         (
-            method.learner(net.init::<f32>(a.seed), a.alpha_init),
+            method
+                .learner(net.init::<f32>(a.seed), a.alpha_init, MAML_LR)
+                .with_outer_lr(OUTER_LR),
             Vec::with_capacity(plan.iterations),
         )
     });
@@ -328,63 +304,27 @@ fn train(
     }))
 }
 
-/// CRC32C of every parameter's and rate's bits: equal digests, equal runs.
-fn digest(learner: &MetaLearner<f32>) -> String {
-    let bytes: Vec<u8> = learner
-        .params()
-        .iter()
-        .chain(learner.alphas())
-        .flat_map(|a| a.iter().flat_map(|v| v.to_bits().to_le_bytes()))
-        .collect();
-    metasgd_core::checkpoint::crc32c_hex(&bytes)
-}
-
 fn learning_svg(path: &std::path::Path, runs: &[Run]) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
     let iters = runs.iter().map(|r| r.losses.len()).max().unwrap_or(1);
     let window = (iters / 100).max(1);
-    let smooth = |l: &[f32]| -> Vec<(usize, f32)> {
-        l.chunks(window)
-            .enumerate()
-            .map(|(i, c)| ((i + 1) * window, c.iter().sum::<f32>() / c.len() as f32))
-            .collect()
-    };
-    let top = runs
-        .iter()
-        .flat_map(|r| smooth(&r.losses))
-        .map(|p| p.1)
-        .fold(0.0_f32, f32::max)
-        .max(1e-3);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("sinusoid meta-training: query MSE (mean over {window} iterations)"),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..iters, 0.0_f32..top * 1.05)?;
-    chart
-        .configure_mesh()
-        .x_desc("meta-iteration")
-        .y_desc("meta-loss")
-        .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, r) in runs.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(smooth(&r.losses), c.stroke_width(2)))?
-            .label(format!("{} {}-shot", r.method.name(), r.shots))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let series: Vec<Series> = (runs.iter().enumerate())
+        .map(|(i, r)| {
+            let means = r.losses.chunks(window).enumerate();
+            let points = means.map(|(k, c)| {
+                let mean = c.iter().sum::<f32>() / c.len() as f32;
+                (((k + 1) * window) as f64, f64::from(mean))
+            });
+            Series::new(
+                format!("{} {}-shot", r.method.name(), r.shots),
+                points.collect(),
+                i,
+            )
+        })
+        .collect();
+    let title = format!("sinusoid meta-training: query MSE (mean over {window} iterations)");
+    let mut frame = Frame::covering(&title, "meta-iteration", "meta-loss", &series);
+    frame.y.start = 0.0;
+    svg(path, (900, 560), &[(frame, series)])
 }
 
 fn sinusoid_svg(
@@ -543,7 +483,7 @@ fn main() {
                 run.ran,
                 run.seconds,
                 run.ran as f64 / run.seconds.max(1e-9),
-                digest(&run.learner)
+                run.learner.digest()
             );
             runs.push(run);
         }

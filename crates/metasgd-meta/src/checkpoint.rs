@@ -13,7 +13,8 @@
 //! | `outer_lr`; `beta1`, `beta2`, `eps` (Adam only) | 0-d tensors of `A` | the outer optimizer's settings, exact bits |
 //! | `inner_steps`, `step` | 0-d `U64` | `1..=MAX_INNER_STEPS`; `< 2^32 - 1` |
 //! | `tensor.{name}` | tensors of `A` | the caller's tensors |
-//! | `dtype`, `method`, `order`, `outer`, `params`, `tensors` | `__metadata__` | `f32`/`f64`; `meta-sgd`/`maml`; `first`/`second`; `adam`/`sgd`; the tensor count; the caller's names (JSON) |
+//! | `counter.{name}` | 1-d `U64` | the caller's counters (only when there are some) |
+//! | `dtype`, `method`, `order`, `outer`, `params`, `tensors`, `counters` | `__metadata__` | `f32`/`f64`; `meta-sgd`/`maml`; `first`/`second`; `adam`/`sgd`; the tensor count; the caller's tensor and counter names (JSON) |
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,6 +27,55 @@ use ndarray::{ArrayD, ArrayViewD};
 use crate::{MetaLearner, Order, Outer};
 
 const FORMAT: &str = "metasgd-meta";
+
+/// What a meta-training program keeps in the learner's checkpoint besides
+/// the learner, written in the same atomic file: its own tensors (a best
+/// model, an RNG's words) and integer counters (evaluation iterations,
+/// elapsed milliseconds), exact and with no sentinel values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extras<A> {
+    /// Named tensors of the learner's element type, in order.
+    pub tensors: NamedTensors<A>,
+    /// Named arrays of counters, in order.
+    pub counters: Vec<(String, Vec<u64>)>,
+}
+
+impl<A> Default for Extras<A> {
+    fn default() -> Self {
+        Self {
+            tensors: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+}
+
+impl<A: Clone> Extras<A> {
+    /// Extras of copies of `tensors` and no counters.
+    pub fn from_tensors(tensors: &[(&str, ArrayViewD<'_, A>)]) -> Self {
+        Self {
+            tensors: tensors
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_owned()))
+                .collect(),
+            counters: Vec::new(),
+        }
+    }
+}
+
+impl<A> Extras<A> {
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&ArrayD<A>> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The counters called `name`.
+    pub fn counter(&self, name: &str) -> Option<&[u64]> {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.as_slice())
+    }
+}
 const TENSOR_PREFIX: &str = "tensor.";
 const GROUPS: [&str; 6] = ["theta", "alpha", "m_theta", "v_theta", "m_alpha", "v_alpha"];
 
@@ -77,18 +127,38 @@ impl<A: Element> MetaLearner<A> {
         path: impl AsRef<Path>,
         tensors: &[(&str, ArrayViewD<'_, A>)],
     ) -> Result<()> {
-        write_atomically(path.as_ref(), &self.state_bytes_with(tensors)?)
+        self.save_state_with(path, &Extras::from_tensors(tensors))
     }
 
-    /// Loads what [`MetaLearner::save_state_with_tensors`] wrote.
+    /// Loads what [`MetaLearner::save_state_with_tensors`] wrote (a file
+    /// with counters is refused: load it with [`MetaLearner::load_state_with`]).
     pub fn load_state_with_tensors(path: impl AsRef<Path>) -> Result<(Self, NamedTensors<A>)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
         Self::from_state_bytes_with(&bytes).map_err(|e| at_path(path, e))
     }
 
-    /// The checkpoint's bytes (see the module docs for the layout).
+    /// [`MetaLearner::save_state`] with the caller's [`Extras`] (tensors and
+    /// counters) in the same atomic write.
+    pub fn save_state_with(&self, path: impl AsRef<Path>, extras: &Extras<A>) -> Result<()> {
+        write_atomically(path.as_ref(), &self.state_bytes_with_extras(extras)?)
+    }
+
+    /// Loads what [`MetaLearner::save_state_with`] (or any of the savers)
+    /// wrote, checksums first.
+    pub fn load_state_with(path: impl AsRef<Path>) -> Result<(Self, Extras<A>)> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io_at(path, &e))?;
+        Self::from_state_bytes_with_extras(&bytes).map_err(|e| at_path(path, e))
+    }
+
+    /// The checkpoint's bytes with the caller's tensors.
     pub fn state_bytes_with(&self, tensors: &[(&str, ArrayViewD<'_, A>)]) -> Result<Vec<u8>> {
+        self.state_bytes_with_extras(&Extras::from_tensors(tensors))
+    }
+
+    /// The checkpoint's bytes (see the module docs for the layout).
+    pub fn state_bytes_with_extras(&self, extras: &Extras<A>) -> Result<Vec<u8>> {
         let mut w = Writer::new(FORMAT);
         w.metadata("dtype", A::NAME)?;
         w.metadata("method", if self.learn_alpha { "meta-sgd" } else { "maml" })?;
@@ -129,7 +199,18 @@ impl<A: Element> MetaLearner<A> {
                 w.floats(&format!("{group}.{j}"), a.view())?;
             }
         }
-        w.caller_tensors(tensors)?;
+        let tensors: Vec<(&str, ArrayViewD<'_, A>)> = extras
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.view()))
+            .collect();
+        w.caller_tensors(&tensors)?;
+        let counters: Vec<(&str, &[u64])> = extras
+            .counters
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_slice()))
+            .collect();
+        w.caller_counters(&counters)?;
         w.to_bytes()
     }
 
@@ -144,9 +225,23 @@ impl<A: Element> MetaLearner<A> {
         ]
     }
 
-    /// A learner from a checkpoint's bytes, and the caller's tensors:
-    /// checksums first, then every field, before anything is built.
+    /// A learner from a checkpoint's bytes, and the caller's tensors (a file
+    /// with counters is refused: read it with
+    /// [`MetaLearner::from_state_bytes_with_extras`]).
     pub fn from_state_bytes_with(bytes: &[u8]) -> Result<(Self, NamedTensors<A>)> {
+        let (learner, extras) = Self::from_state_bytes_with_extras(bytes)?;
+        match extras.counters.first() {
+            Some((name, _)) => Err(Error::invalid_checkpoint(
+                format!("counter.{name}"),
+                "the file also holds the caller's counters: load it with load_state_with",
+            )),
+            None => Ok((learner, extras.tensors)),
+        }
+    }
+
+    /// A learner from a checkpoint's bytes, and the caller's [`Extras`]:
+    /// checksums first, then every field, before anything is built.
+    pub fn from_state_bytes_with_extras(bytes: &[u8]) -> Result<(Self, Extras<A>)> {
         let r = Reader::open(bytes, FORMAT, false)?;
         r.only_metadata(&["dtype", "method", "order", "outer", "params"])?;
         let dtype = r.metadata("dtype")?;
@@ -218,6 +313,7 @@ impl<A: Element> MetaLearner<A> {
             expected.extend((0..params).map(|j| format!("{group}.{j}")));
         }
         let caller = r.caller_names(&mut expected)?;
+        let counter_names = r.caller_counter_names(&mut expected)?;
         r.only_tensors(&expected)?;
         let inner_steps = r.count("inner_steps")?;
         if !(1..=MAX_INNER_STEPS as u64).contains(&inner_steps) {
@@ -283,7 +379,10 @@ impl<A: Element> MetaLearner<A> {
             step,
             buffers: Default::default(),
         };
-        let tensors = r.caller_tensors(caller)?;
-        Ok((learner, tensors))
+        let extras = Extras {
+            tensors: r.caller_tensors(caller)?,
+            counters: r.caller_counters(counter_names)?,
+        };
+        Ok((learner, extras))
     }
 }

@@ -318,6 +318,17 @@ impl<A: Element> MetaLearner<A> {
         &self.alpha
     }
 
+    /// CRC32C (8 hex digits) of every parameter's and rate's bits, in
+    /// order: equal digests, equal learners. Compares runs across rank
+    /// counts and resumes without writing them out.
+    pub fn digest(&self) -> String {
+        let mut bytes = Vec::new();
+        for a in self.theta.iter().chain(&self.alpha) {
+            a.iter().for_each(|v| v.write_le(&mut bytes));
+        }
+        metasgd_core::checkpoint::crc32c_hex(&bytes)
+    }
+
     /// Meta-updates done so far.
     pub fn meta_steps(&self) -> u32 {
         self.step

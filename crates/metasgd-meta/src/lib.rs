@@ -15,6 +15,11 @@
 //! `metasgd_kernels::meta`. Tasks of a meta-batch run in parallel on the
 //! caller's rayon pool, and the result does not depend on the thread count.
 //!
+//! Features: `simd` and `parallel` (default: the kernels' vector and
+//! threaded paths); `omniglot` (off: the `omniglot` module, the Omniglot
+//! data set's readers, task sampler and Lake's evaluation; adds `zip` and
+//! `png`).
+//!
 //! ```
 //! use metasgd_meta::{MetaLearner, Mlp, Sinusoid};
 //! use rand::SeedableRng;
@@ -39,9 +44,12 @@ mod checkpoint;
 mod convnet;
 mod learner;
 mod mlp;
+#[cfg(feature = "omniglot")]
+pub mod omniglot;
 mod outer;
 mod sinusoid;
 
+pub use checkpoint::Extras;
 pub use convnet::{Classification, ConvNet, ConvWorkspace, Norm};
 pub use learner::{MetaGradient, MetaLearner, Order};
 pub use mlp::{Mlp, MlpWorkspace};

@@ -157,3 +157,66 @@ fn caller_tensors_and_refusals() {
         })
     ));
 }
+
+#[test]
+fn caller_counters_round_trip_and_are_checked() {
+    use metasgd_meta::Extras;
+    let net = Mlp::new(&[1, 3, 1]);
+    let mut l = MetaLearner::meta_sgd(net.init::<f32>(1), 0.01);
+    train(&mut l, &net, 0, 2);
+    let extras = Extras {
+        tensors: vec![("best".to_string(), ndarray::arr1(&[0.5f32]).into_dyn())],
+        counters: vec![
+            ("iterations".to_string(), vec![6, 12, u64::MAX]),
+            ("empty".to_string(), vec![]),
+        ],
+    };
+    let dir = std::env::temp_dir().join(format!("metasgd-meta-counters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.safetensors");
+    l.save_state_with(&path, &extras).unwrap();
+    let (back, got) = MetaLearner::<f32>::load_state_with(&path).unwrap();
+    assert_eq!(got, extras);
+    assert_eq!(got.counter("iterations"), Some(&[6, 12, u64::MAX][..]));
+    assert_eq!(got.tensor("best").map(|t| t.len()), Some(1));
+    assert_eq!(bits(back.params()), bits(l.params()));
+    // The loaders that know nothing of counters refuse the file, naming them.
+    let e = MetaLearner::<f32>::load_state_with_tensors(&path).unwrap_err();
+    assert!(e.to_string().contains("counter.iterations"), "{e}");
+    assert!(MetaLearner::<f32>::load_state(&path).is_err());
+    // Without counters the file is what the tensor-only writer makes.
+    let plain = Extras {
+        tensors: extras.tensors.clone(),
+        counters: Vec::new(),
+    };
+    let view = [("best", extras.tensors[0].1.view())];
+    assert_eq!(
+        l.state_bytes_with_extras(&plain).unwrap().len(),
+        l.state_bytes_with(&view).unwrap().len()
+    );
+    // Bad names and repeated names are refused before anything is written.
+    for bad in [
+        vec![("".to_string(), vec![1])],
+        vec![("a\nb".to_string(), vec![1])],
+        vec![("a".to_string(), vec![1]), ("a".to_string(), vec![2])],
+    ] {
+        let e = l.state_bytes_with_extras(&Extras {
+            tensors: Vec::new(),
+            counters: bad,
+        });
+        assert!(e.is_err());
+    }
+    // Every single-bit flip of a file with counters is refused or loads the same.
+    let bytes = l.state_bytes_with_extras(&extras).unwrap();
+    let mut b = bytes.clone();
+    for i in 0..b.len() {
+        b[i] ^= 0x10;
+        match MetaLearner::<f32>::from_state_bytes_with_extras(&b) {
+            Err(Error::InvalidCheckpoint { .. }) => {}
+            Err(e) => panic!("{e}"),
+            Ok((_, x)) => assert_eq!(x, extras),
+        }
+        b[i] ^= 0x10;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

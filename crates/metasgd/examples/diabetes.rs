@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use metasgd::meta::{Mlp, Objective, Regression};
 use metasgd::ndarray::{Array2, ArrayD, Axis, IxDyn};
 use metasgd::{MetaSGD, Optimizer, Rule};
-use plotters::prelude::*;
+use metasgd_examples::plot::{Frame, Series, svg};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -320,63 +320,29 @@ fn train(
     (params, trainer)
 }
 
-fn plot(
-    path: &Path,
-    curves: &[(&str, &Curve, RGBColor)],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let epochs = curves.iter().map(|c| c.1.len()).max().unwrap_or(1);
-    let top = curves
-        .iter()
-        .flat_map(|c| c.1.iter().map(|p| p.0.max(p.1)))
-        .fold(0.0_f32, f32::max);
-    let bottom = curves
-        .iter()
-        .flat_map(|c| c.1.iter().map(|p| p.0.min(p.1)))
-        .fold(f32::MAX, f32::min);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "diabetes, 10-32-1 ReLU MLP: MSE per epoch",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(1..epochs, (bottom * 0.9)..(top.min(bottom * 4.0) * 1.05))?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("MSE (target units squared)")
-        .draw()?;
-    for (name, curve, color) in curves {
-        let train: Vec<(usize, f32)> = curve
-            .iter()
-            .enumerate()
-            .map(|(e, p)| (e + 1, p.0))
-            .collect();
-        let test: Vec<(usize, f32)> = curve
-            .iter()
-            .enumerate()
-            .map(|(e, p)| (e + 1, p.1))
-            .collect();
-        let c = *color;
-        chart
-            .draw_series(LineSeries::new(train, c.stroke_width(1)))?
-            .label(format!("{name} train"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
-        chart
-            .draw_series(LineSeries::new(test, c.stroke_width(3)))?
-            .label(format!("{name} test"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+/// Train (thin) and test (thick) MSE per epoch, one colour per optimizer.
+fn plot(path: &Path, curves: &[(&str, &Curve)]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut series = Vec::new();
+    for (i, (name, curve)) in curves.iter().enumerate() {
+        let at = |pick: fn(&(f32, f32)) -> f32| -> Vec<(f64, f64)> {
+            let epochs = curve.iter().enumerate();
+            epochs
+                .map(|(e, p)| ((e + 1) as f64, f64::from(pick(p))))
+                .collect()
+        };
+        series.push(Series::new(format!("{name} train"), at(|p| p.0), i).with_width(1));
+        series.push(Series::new(format!("{name} test"), at(|p| p.1), i).with_width(3));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let title = "diabetes, 10-32-1 ReLU MLP: MSE per epoch";
+    let mut frame = Frame::covering(title, "epoch", "MSE (target units squared)", &series);
+    // The first epochs' losses are far above the rest: cut at 4x the best.
+    let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = (
+        values().fold(f64::MAX, f64::min),
+        values().fold(0.0, f64::max),
+    );
+    frame.y = lo * 0.9..hi.min(lo * 4.0) * 1.05;
+    svg(path, (900, 560), &[(frame, series)])
 }
 
 /// `<target>/examples`: the example binary lives in `<target>/<profile>/examples/`.
@@ -485,10 +451,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let svg = out.join("diabetes-loss.svg");
-    plot(
-        &svg,
-        &[("MetaSGD", &meta_curve, BLUE), ("SGD", &sgd_curve, RED)],
-    )?;
+    plot(&svg, &[("MetaSGD", &meta_curve), ("SGD", &sgd_curve)])?;
     let alphas: Vec<f32> = meta_opt
         .per_param_lrs()
         .iter()

@@ -73,6 +73,8 @@
 //!
 //! - `serde` (off): `Serialize`/`Deserialize` for [`MetaSGD`], exact for
 //!   every float, to embed the optimizer in your own checkpoint structs.
+//! - `omniglot` (off): `meta::omniglot`, the Omniglot data set's readers,
+//!   task sampler and Lake's one-shot evaluation (adds `zip` and `png`).
 //!
 //! Meta-learning (Li et al. 2017): [`meta::MetaLearner`] learns the
 //! initialisation and the per-parameter rates across tasks;

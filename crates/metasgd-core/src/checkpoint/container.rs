@@ -37,17 +37,21 @@ pub const MAX_NAME_LEN: usize = 256;
 const MAX_HEADER: u64 = 100_000_000;
 
 /// Keys the container owns; formats may not use them. `tensors` lists the
-/// caller's tensors ([`Writer::caller_tensors`]).
-pub(crate) const CONTAINER_KEYS: [&str; 5] = [
+/// caller's tensors ([`Writer::caller_tensors`]), `counters` the caller's
+/// integer counters ([`Writer::caller_counters`]).
+pub(crate) const CONTAINER_KEYS: [&str; 6] = [
     "format",
     "format_version",
     "tensor_crc32c",
     "header_crc32c",
     "tensors",
+    "counters",
 ];
 
 /// Prefix of the caller's tensors.
 const CALLER_PREFIX: &str = "tensor.";
+/// Prefix of the caller's counters.
+const COUNTER_PREFIX: &str = "counter.";
 
 const HEADER_KEY: &[u8] = b"\"header_crc32c\":\"";
 const PLACEHOLDER: &[u8; 8] = b"00000000";
@@ -187,6 +191,34 @@ impl Writer {
         let names = serde_json::to_string(&names)
             .map_err(|e| Error::invalid_checkpoint("tensors", e.to_string()))?;
         self.metadata.insert("tensors".into(), names);
+        Ok(())
+    }
+
+    /// Adds the caller's integer counters (an experiment's iteration
+    /// numbers, its elapsed milliseconds) as 1-d `U64` tensors
+    /// `counter.{name}`, and their names in order as the `__metadata__` key
+    /// `counters` (a JSON list, written only when there are counters, so a
+    /// file without them is what earlier versions wrote). Names are checked
+    /// with [`check_name`] and must differ.
+    pub fn caller_counters(&mut self, counters: &[(&str, &[u64])]) -> Result<()> {
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let mut names = Vec::with_capacity(counters.len());
+        for (name, values) in counters {
+            check_name("counter", name)?;
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.push(
+                &format!("{COUNTER_PREFIX}{name}"),
+                Dtype::U64,
+                &[values.len()],
+                data,
+            )?;
+            names.push(*name);
+        }
+        let names = serde_json::to_string(&names)
+            .map_err(|e| Error::invalid_checkpoint("counters", e.to_string()))?;
+        self.metadata.insert("counters".into(), names);
         Ok(())
     }
 
@@ -495,6 +527,62 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(names)
+    }
+
+    /// The names of the caller's counters ([`Writer::caller_counters`]), in
+    /// order, each added to `expected` (none when the key is absent).
+    /// Refuses a list longer than the file, a bad or repeated name.
+    pub fn caller_counter_names(&self, expected: &mut BTreeSet<String>) -> Result<Vec<String>> {
+        let Some(text) = self.metadata.get("counters") else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<String> = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_checkpoint("__metadata__.counters", e.to_string()))?;
+        if names.len() > self.len() {
+            return Err(Error::invalid_checkpoint(
+                "__metadata__.counters",
+                "lists more names than the file has tensors",
+            ));
+        }
+        for name in &names {
+            check_name("__metadata__.counters", name)?;
+            if !expected.insert(format!("{COUNTER_PREFIX}{name}")) {
+                return Err(Error::invalid_checkpoint(
+                    "__metadata__.counters",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(names)
+    }
+
+    /// The caller's counters named by [`Reader::caller_counter_names`], in
+    /// order.
+    pub fn caller_counters(&self, names: Vec<String>) -> Result<Vec<(String, Vec<u64>)>> {
+        names
+            .into_iter()
+            .map(|name| {
+                let entry = format!("{COUNTER_PREFIX}{name}");
+                let t = self
+                    .file
+                    .tensor(&entry)
+                    .map_err(|e| Error::invalid_checkpoint(&entry, e.to_string()))?;
+                if t.dtype() != Dtype::U64 || t.shape().len() != 1 {
+                    let reason = format!(
+                        "dtype {:?} shape {:?}, expected a 1-d U64 tensor",
+                        t.dtype(),
+                        t.shape()
+                    );
+                    return Err(Error::invalid_checkpoint(&entry, reason));
+                }
+                let values = t
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                    .collect();
+                Ok((name, values))
+            })
+            .collect()
     }
 
     /// The caller's tensors named by [`Reader::caller_names`], in order.

@@ -27,33 +27,71 @@ use crate::{Error, Result};
 /// process killed at any moment leaves either the previous file or the new
 /// one, never a torn one; on failure the temporary file is removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| Error::Io {
-        kind: std::io::ErrorKind::InvalidInput,
-        message: format!("{}: not a file path", path.display()),
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut f = File::create_new(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io_at(path, &e));
+    Staged::write(path, bytes)?.commit()
+}
+
+/// The first half of [`write_atomically`], for writers that must agree with
+/// others before the commit (a distributed save): the new bytes are durable
+/// in a temporary file beside `path`, and `path` is untouched until
+/// [`Staged::commit`]. Dropped without a commit, the temporary file is
+/// removed; a process killed before the commit leaves `path` as it was.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes and syncs `bytes` to a fresh temporary file beside `path`.
+    pub fn write(path: &Path, bytes: &[u8]) -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = path.file_name().ok_or_else(|| Error::Io {
+            kind: std::io::ErrorKind::InvalidInput,
+            message: format!("{}: not a file path", path.display()),
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let staged = Self {
+            tmp,
+            path: path.to_path_buf(),
+            dir,
+            committed: false,
+        };
+        let written = (|| {
+            let mut f = File::create_new(&staged.tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        // On error, `staged`'s drop removes the temporary file.
+        written.map_err(|e| Error::io_at(path, &e))?;
+        Ok(staged)
     }
-    sync_dir(&dir)
+
+    /// Renames the temporary file over the path and syncs the directory:
+    /// the commit.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io_at(&self.path, &e))?;
+        self.committed = true;
+        sync_dir(&self.dir)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Makes the entries of `dir` (a rename, a new file) durable (a no-op
@@ -94,5 +132,43 @@ pub fn at_path(path: &Path, e: Error) -> Error {
             reason: format!("{reason} (in {})", path.display()),
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_at_the_commit() {
+        let dir = std::env::temp_dir().join(format!("metasgd-staged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.safetensors");
+        write_atomically(&path, b"old").unwrap();
+        // Staged: the new bytes are in a temporary file, the old file stays.
+        let staged = Staged::write(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(entries(&dir).len(), 2);
+        // Dropped without a commit: the temporary file goes, the old file stays.
+        drop(staged);
+        assert_eq!(entries(&dir), ["state.safetensors"]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        // Committed: the new bytes, and nothing else in the directory.
+        Staged::write(&path, b"new").unwrap().commit().unwrap();
+        assert_eq!(entries(&dir), ["state.safetensors"]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // A path that is not a file, a directory that does not exist: errors.
+        assert!(Staged::write(Path::new("/"), b"x").is_err());
+        assert!(Staged::write(&dir.join("missing/state"), b"x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,71 +1,81 @@
-//! What the Fashion-MNIST examples of the framework adapters share (included
-//! by `#[path]` from `crates/metasgd-candle/examples/fashion_mnist.rs` and
+//! What the Fashion-MNIST examples of the framework adapters share
+//! (`crates/metasgd-candle/examples/fashion_mnist.rs` and
 //! `crates/metasgd-burn/examples/fashion_mnist.rs`): the flags, the IDX
 //! reader, the batch order, the curves, the plot and the summary lines.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
+use plotters::prelude::SeriesLabelPosition;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+use crate::plot::{Frame, Series, svg};
+
 /// The seed of the batch order (and of burn's initialisation).
-pub(crate) const SEED: u64 = 7;
+pub const SEED: u64 = 7;
 
 /// Flags both examples take.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Common {
+pub struct Common {
     /// The directory with the four `*-ubyte.gz` files.
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
-    pub(crate) data: PathBuf,
+    pub data: PathBuf,
     /// Epochs per run (each example has its default: what its framework
     /// runs within the 10-minute budget on 2 cores).
     #[arg(long)]
-    pub(crate) epochs: Option<usize>,
+    pub epochs: Option<usize>,
     /// Mini-batch size.
     #[arg(long, default_value_t = 64)]
-    pub(crate) batch: usize,
+    pub batch: usize,
     /// MetaSGD's base rate under the reference rule (every per-parameter
     /// rate starts here).
     #[arg(long, default_value_t = 0.1)]
-    pub(crate) base_lr: f64,
+    pub base_lr: f64,
     /// The base rate of the run with the hypergradient rule (its default:
     /// the middle of the two decades it is measured over).
     #[arg(long, default_value_t = 0.01)]
-    pub(crate) hypergradient_lr: f64,
+    pub hypergradient_lr: f64,
     /// Also run the base-rate table: the hypergradient rule and the
     /// reference rule from 0.001, 0.01 and 0.1 (prints `base_rate_robustness ...`).
     #[arg(long)]
-    pub(crate) robustness: bool,
+    pub robustness: bool,
     /// Test-set evaluations per epoch (the curves' points).
     #[arg(long, default_value_t = 4)]
-    pub(crate) evals_per_epoch: usize,
+    pub evals_per_epoch: usize,
     /// MetaSGD's rate of the rates.
     #[arg(long, default_value_t = 0.01)]
-    pub(crate) alpha_lr: f64,
+    pub alpha_lr: f64,
     /// SGD's rates to try; the best final test accuracy is reported.
     #[arg(long, value_delimiter = ',', default_value = "0.001,0.01,0.03,0.1")]
-    pub(crate) sgd_grid: Vec<f64>,
+    pub sgd_grid: Vec<f64>,
     /// A short run for CI: 3,000 training and 1,000 test images, one epoch,
     /// the last rate of the SGD grid, two evaluations.
     #[arg(long)]
-    pub(crate) smoke: bool,
+    pub smoke: bool,
     /// Where the SVG and the checkpoint go.
     #[arg(long, default_value = "target/examples")]
-    pub(crate) out: PathBuf,
+    pub out: PathBuf,
 }
 
 /// Images as `[n, 1, 28, 28]` floats, standardised with the training set's
 /// mean and standard deviation, and labels 0-9.
-pub(crate) struct Split {
-    pub(crate) images: Vec<f32>,
-    pub(crate) labels: Vec<u32>,
+pub struct Split {
+    /// `n * 784` standardised pixels.
+    pub images: Vec<f32>,
+    /// `n` labels, 0-9.
+    pub labels: Vec<u32>,
 }
 
 impl Split {
-    pub(crate) fn len(&self) -> usize {
+    /// The number of images.
+    pub fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
     }
 
     fn truncate(&mut self, n: usize) {
@@ -74,7 +84,7 @@ impl Split {
     }
 
     /// The images and labels of `idx`, in that order.
-    pub(crate) fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
+    pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
         let mut x = Vec::with_capacity(idx.len() * 784);
         for &i in idx {
             x.extend_from_slice(&self.images[i * 784..(i + 1) * 784]);
@@ -88,23 +98,29 @@ const HOW_TO_GET: &str = "install Debian's dataset-fashion-mnist (apt-get instal
 t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist \
 into a directory and pass --data DIR";
 
-/// A gzipped IDX file's bytes, checked: magic `0x0000_08_dd` (unsigned
-/// bytes, `dims` dimensions), the dimensions, and exactly that many bytes
-/// (at most 64 MiB unpacked).
+/// The most bytes an IDX file may unpack to (Fashion-MNIST's largest: 47 MB).
+const MAX_IDX_BYTES: u64 = 64 << 20;
+
+/// A gzipped IDX file's shape and bytes ([`parse_idx`]).
 fn read_idx(path: &Path, dims: u8) -> Result<(Vec<usize>, Vec<u8>), String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("{}: {e}; {HOW_TO_GET}", path.display()))?;
+    parse_idx(file, dims).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A gzipped IDX stream's shape and bytes, checked: magic `0x0000_08_dd`
+/// (unsigned bytes, `dims` dimensions), the dimensions, and exactly that
+/// many bytes (at most 64 MiB unpacked, read no further).
+pub fn parse_idx(gzipped: impl Read, dims: u8) -> Result<(Vec<usize>, Vec<u8>), String> {
     let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .take(64 << 20)
+    flate2::read::GzDecoder::new(gzipped)
+        .take(MAX_IDX_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: not a gzip file ({e})", path.display()))?;
-    let bad = |why: String| {
-        format!(
-            "{}: not an IDX file of Fashion-MNIST: {why}",
-            path.display()
-        )
-    };
+        .map_err(|e| format!("not a gzip file ({e})"))?;
+    let bad = |why: String| format!("not an IDX file of Fashion-MNIST: {why}");
+    if bytes.len() as u64 > MAX_IDX_BYTES {
+        return Err(bad(format!("more than {MAX_IDX_BYTES} bytes unpacked")));
+    }
     if bytes.len() < 4 || bytes[..4] != [0, 0, 0x08, dims] {
         return Err(bad(format!(
             "magic {:02x?}, expected [0, 0, 8, {dims}]",
@@ -115,16 +131,15 @@ fn read_idx(path: &Path, dims: u8) -> Result<(Vec<usize>, Vec<u8>), String> {
     if bytes.len() < header {
         return Err(bad("truncated header".into()));
     }
-    let shape: Vec<usize> = (0..dims as usize)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
-        })
+    let shape: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
     let n = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    if bytes.len() != header + n {
+    if bytes.len() - header != n {
         return Err(bad(format!(
             "{} data bytes for shape {shape:?}",
             bytes.len() - header
@@ -153,7 +168,7 @@ fn load_split(dir: &Path, prefix: &str) -> Result<(Vec<f32>, Vec<u32>), String> 
 /// The training and test sets (cut down under `--smoke`), standardised with
 /// the training pixels' mean and standard deviation; on a missing or
 /// malformed file, says which and where the data comes from, and exits 2.
-pub(crate) fn load(args: &Common) -> (Split, Split) {
+pub fn load(args: &Common) -> (Split, Split) {
     let (train, test) = match (
         load_split(&args.data, "train"),
         load_split(&args.data, "t10k"),
@@ -187,7 +202,7 @@ pub(crate) fn load(args: &Common) -> (Split, Split) {
 
 /// The run's epochs (`default` unless `--epochs`; 1 under `--smoke`), and
 /// `--smoke`'s one-rate SGD grid and two evaluations.
-pub(crate) fn settle(args: &mut Common, default: usize) -> usize {
+pub fn settle(args: &mut Common, default: usize) -> usize {
     args.evals_per_epoch = args.evals_per_epoch.max(1);
     if args.smoke {
         args.sgd_grid = args
@@ -200,7 +215,7 @@ pub(crate) fn settle(args: &mut Common, default: usize) -> usize {
 }
 
 /// The batches of epoch `e`: a shuffle that depends only on the seed and `e`.
-pub(crate) fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
+pub fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
         SEED ^ ((e as u64 + 1) << 16),
@@ -210,19 +225,22 @@ pub(crate) fn order(n: usize, batch: usize, e: usize) -> Vec<Vec<usize>> {
 
 /// Whether the test set is evaluated after batch `b` (0-based) of `batches`:
 /// `evals` times per epoch, evenly, the last after the epoch's last batch.
-pub(crate) fn evaluate_after(b: usize, batches: usize, evals: usize) -> bool {
+pub fn evaluate_after(b: usize, batches: usize, evals: usize) -> bool {
     (1..=evals).any(|k| (k * batches).div_ceil(evals) == b + 1)
 }
 
 /// A run's test accuracy at its evaluation points: `(epoch, accuracy)`,
 /// the epoch fractional (1.25 = a quarter into the second epoch).
-pub(crate) struct Curve {
-    pub(crate) name: String,
-    pub(crate) points: Vec<(f64, f64)>,
+pub struct Curve {
+    /// The legend's label.
+    pub name: String,
+    /// `(epoch, accuracy)` at each evaluation.
+    pub points: Vec<(f64, f64)>,
 }
 
 impl Curve {
-    pub(crate) fn new(name: impl Into<String>) -> Self {
+    /// A curve with no point yet.
+    pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             points: Vec::new(),
@@ -230,14 +248,14 @@ impl Curve {
     }
 
     /// The final test accuracy (NaN before any evaluation).
-    pub(crate) fn last(&self) -> f64 {
+    pub fn last(&self) -> f64 {
         self.points.last().map_or(f64::NAN, |p| p.1)
     }
 }
 
 /// Keeps the better of two SGD runs (by final accuracy); returns the run's
 /// final accuracy.
-pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, mut curve: Curve) -> f64 {
+pub fn keep_best(best: &mut Option<Curve>, lr: f64, mut curve: Curve) -> f64 {
     let last = curve.last();
     println!("  SGD lr {lr}: final test accuracy {last:.4}");
     curve.name = format!("SGD (lr {lr}, best of the grid)");
@@ -249,12 +267,12 @@ pub(crate) fn keep_best(best: &mut Option<Curve>, lr: f64, mut curve: Curve) -> 
 
 /// One run of the base-rate table: the hypergradient rule (`true`) or the
 /// reference rule, and its base rate.
-pub(crate) type TableRun = (bool, f64);
+pub type TableRun = (bool, f64);
 
 /// The runs of the base-rate table besides the main ones (under
 /// `--robustness`): the hypergradient and the reference rule from each of
 /// 0.001, 0.01 and 0.1 not run already.
-pub(crate) fn robustness_runs(args: &Common) -> Vec<TableRun> {
+pub fn robustness_runs(args: &Common) -> Vec<TableRun> {
     if !args.robustness {
         return Vec::new();
     }
@@ -268,7 +286,7 @@ pub(crate) fn robustness_runs(args: &Common) -> Vec<TableRun> {
 }
 
 /// A table run's name.
-pub(crate) fn run_name((hypergradient, lr): TableRun) -> String {
+pub fn run_name((hypergradient, lr): TableRun) -> String {
     let label = if hypergradient {
         "hypergradient"
     } else {
@@ -280,7 +298,7 @@ pub(crate) fn run_name((hypergradient, lr): TableRun) -> String {
 /// The base-rate table's line (under `--robustness`): the final test
 /// accuracy of each rule from each base rate (the table's runs, `done`, and
 /// the main runs of both rules), the best SGD and AdamW.
-pub(crate) fn robustness_line(
+pub fn robustness_line(
     args: &Common,
     mut done: Vec<(TableRun, f64)>,
     [hypergradient, reference, sgd_best, adamw]: [f64; 4],
@@ -299,68 +317,24 @@ pub(crate) fn robustness_line(
     Some(line + &format!(" sgd_best={sgd_best:.4} adamw={adamw:.4}"))
 }
 
-/// Test accuracy against epochs, one line per curve.
-pub(crate) fn plot(
-    path: &Path,
-    title: &str,
-    curves: &[Curve],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (860, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let epochs = curves
+/// Test accuracy against epochs, one line (with a dot per evaluation) per curve.
+pub fn plot(path: &Path, title: &str, curves: &[Curve]) -> Result<(), Box<dyn std::error::Error>> {
+    let series: Vec<Series> = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.0))
-        .fold(1.0_f64, f64::max);
-    let lo = curves
-        .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
-        .fold(1.0_f64, f64::min)
-        .clamp(0.5, 0.85);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..epochs, (lo - 0.01)..0.95)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("test accuracy")
-        .draw()?;
-    let colors = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        BLACK,
-        RGBColor(255, 140, 0),
-    ];
-    for (c, &color) in curves.iter().zip(colors.iter().cycle()) {
-        let pts = c.points.clone();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(c.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        .enumerate()
+        .map(|(i, c)| Series::new(c.name.clone(), c.points.clone(), i).with_markers())
+        .collect();
+    let mut frame = Frame::covering(title, "epoch", "test accuracy", &series);
+    frame.y = (frame.y.start.clamp(0.5, 0.85) - 0.01)..0.95;
+    frame.legend = SeriesLabelPosition::LowerRight;
+    svg(path, (860, 500), &[(frame, series)])
 }
 
 /// Prints every curve's final accuracy, the base-rate table's line (when it
 /// ran) and the machine-readable last line (MetaSGD, AdamW, the best SGD and
 /// the hypergradient rule, in that order in `curves`); exits 1 when the
 /// resumed run differed.
-pub(crate) fn report(curves: &[Curve], robustness: Option<String>, resumed_equal: bool) {
+pub fn report(curves: &[Curve], robustness: Option<String>, resumed_equal: bool) {
     for c in curves {
         let per: Vec<String> = c
             .points

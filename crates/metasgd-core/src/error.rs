@@ -100,6 +100,19 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A meta-learning objective refused its input: a batch that does not
+    /// fit the model (image shape, label count, a class out of range, an
+    /// empty batch), parameters of the wrong shapes, or a Hessian-vector
+    /// product asked for without the gradient pass it builds on. The
+    /// meta-learner fills in the task's index.
+    #[error("task {}: {reason}", task.map_or("?".to_string(), |t| t.to_string()))]
+    InvalidTask {
+        /// The task's index in its meta-batch (`None` where the objective
+        /// was called on its own).
+        task: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
     /// The requested backend was compiled out.
     #[error("backend {backend:?} is not available: build with the `{feature}` feature")]
     BackendUnavailable {
@@ -126,6 +139,25 @@ impl Error {
         Error::Io {
             kind: e.kind(),
             message: format!("{}: {e}", path.display()),
+        }
+    }
+
+    /// An [`Error::InvalidTask`] with no task index yet (for objectives).
+    pub fn invalid_task(reason: impl Into<String>) -> Self {
+        Error::InvalidTask {
+            task: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// `self`, naming task `index` if it is an [`Error::InvalidTask`].
+    pub fn at_task(self, index: usize) -> Self {
+        match self {
+            Error::InvalidTask { reason, .. } => Error::InvalidTask {
+                task: Some(index),
+                reason,
+            },
+            other => other,
         }
     }
 

@@ -229,7 +229,7 @@ fn train<C: Collective>(a: &Args, comm: C) -> Result<()> {
         if (stop || decide(&d, due)) && scored_at != Some(it) {
             progress.millis = (seconds * 1e3) as u64;
             if rank == 0 {
-                let e = Evaluation::measure(&net, d.learner(), &val_runs, &runs, progress.millis);
+                let e = Evaluation::measure(&net, d.learner(), &val_runs, &runs, progress.millis)?;
                 bar.suspend(|| println!("  {e}"));
                 let error = |e: &Evaluation| e.validation.support_error();
                 if progress.best().is_none_or(|b| error(&e) < error(b)) {
@@ -318,8 +318,8 @@ fn outputs(
         .map_err(|e| format!("cannot draw {}: {e}", svg_path.display()))?;
     let best = progress.best().ok_or("no evaluation ran")?;
     let end = progress.evaluations.last().ok_or("no evaluation ran")?;
-    let adapted = chosen.adapt(net, &runs[0].support);
-    let pred = net.predict(&adapted, &runs[0].test.x, Norm::From(&runs[0].support.x));
+    let adapted = chosen.adapt(net, &runs[0].support)?;
+    let pred = net.predict(&adapted, &runs[0].test.x, Norm::From(&runs[0].support.x))?;
     let pic = a.out.join("omniglot-run01.png");
     runs[0].picture(&pred, &pic)?;
     println!(

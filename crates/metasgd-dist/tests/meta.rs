@@ -133,31 +133,44 @@ struct Faulty(Mlp);
 impl Objective<f64> for Faulty {
     type Batch = (Regression<f64>, bool);
     type Workspace = <Mlp as Objective<f64>>::Workspace;
+    type Linearisation = ();
     fn workspace(&self) -> Self::Workspace {
         Objective::<f64>::workspace(&self.0)
     }
+    fn linearisation(&self) {}
     fn loss_grad_into(
         &self,
         params: &[ArrayD<f64>],
         batch: &Self::Batch,
         ws: &mut Self::Workspace,
         grad: &mut [ArrayD<f64>],
-    ) -> f64 {
-        let loss = self.0.loss_grad_into(params, &batch.0, ws, grad);
+    ) -> metasgd_core::Result<f64> {
+        let loss = self.0.loss_grad_into(params, &batch.0, ws, grad)?;
         if batch.1 {
             grad[0] = ArrayD::zeros(IxDyn(&[1]));
         }
-        loss
+        Ok(loss)
+    }
+    fn linearise_into(
+        &self,
+        params: &[ArrayD<f64>],
+        batch: &Self::Batch,
+        ws: &mut Self::Workspace,
+        grad: &mut [ArrayD<f64>],
+        _: &mut (),
+    ) -> metasgd_core::Result<f64> {
+        self.loss_grad_into(params, batch, ws, grad)
     }
     fn hessian_vector_into(
         &self,
         params: &[ArrayD<f64>],
         batch: &Self::Batch,
+        lin: &(),
         v: &[ArrayD<f64>],
         ws: &mut Self::Workspace,
         hv: &mut [ArrayD<f64>],
-    ) {
-        self.0.hessian_vector_into(params, &batch.0, v, ws, hv)
+    ) -> metasgd_core::Result<()> {
+        self.0.hessian_vector_into(params, &batch.0, lin, v, ws, hv)
     }
 }
 

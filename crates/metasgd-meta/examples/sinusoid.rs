@@ -158,18 +158,18 @@ fn evaluate(
     shots: usize,
     n: usize,
     seed: u64,
-) -> (f64, f64) {
+) -> Result<(f64, f64), metasgd_core::Error> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xE7A1_0000);
     let errs: Vec<f64> = (0..n)
         .map(|_| {
             let task: Task<Regression<f32>> = dist.sample(&mut rng, shots, EVAL_QUERY);
-            let adapted = learner.adapt(net, &task.support);
-            mse(&net.predict(&adapted, &task.query.x), &task.query.y)
+            let adapted = learner.adapt(net, &task.support)?;
+            Ok(mse(&net.predict(&adapted, &task.query.x), &task.query.y))
         })
-        .collect();
+        .collect::<Result<_, metasgd_core::Error>>()?;
     let mean = errs.iter().sum::<f64>() / n as f64;
     let var = errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
-    (mean, 1.96 * (var / n as f64).sqrt())
+    Ok((mean, 1.96 * (var / n as f64).sqrt()))
 }
 
 /// The tasks of iteration `it`: a function of (seed, shots, iteration)
@@ -291,7 +291,8 @@ fn train(
         });
         return Ok(None);
     }
-    let (mse, ci95) = evaluate(net, &learner, dist, shots, plan.eval_tasks, a.seed);
+    let (mse, ci95) = evaluate(net, &learner, dist, shots, plan.eval_tasks, a.seed)
+        .map_err(|e| format!("evaluation: {e}"))?;
     Ok(Some(Run {
         method,
         shots,
@@ -374,7 +375,7 @@ fn sinusoid_svg(
         let colors = [BLUE, RED];
         for (r, c) in shown.iter().zip(colors) {
             let before = net.predict(r.learner.params(), &x);
-            let adapted = r.learner.adapt(net, &support);
+            let adapted = r.learner.adapt(net, &support)?;
             let after = net.predict(&adapted, &x);
             let name = r.method.name();
             chart

@@ -6,7 +6,7 @@ use metasgd_kernels::meta;
 use metasgd_kernels::{Element, scalar};
 use ndarray::ArrayD;
 
-use crate::{Objective, Outer, Task};
+use crate::{Objective, Outer, Task, zeros_like};
 
 /// How much of the meta-gradient to compute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -112,8 +112,11 @@ pub struct MetaLearner<A: Element> {
 /// One task's buffers: the objective's workspace, the inner iterates and
 /// gradients, and the reverse sweep's vectors. Sized once, reused by every
 /// meta-iteration.
-pub(crate) struct TaskBuffers<A, W> {
+pub(crate) struct TaskBuffers<A, W, L> {
     ws: W,
+    /// The objective's linearisation at `theta_0 .. theta_{K-1}` on the
+    /// support set (second order only), for the reverse sweep's products.
+    lins: Vec<L>,
     /// `theta_1 .. theta_K` (`theta_0` is the learner's).
     iterates: Vec<Vec<ArrayD<A>>>,
     /// `g_0 .. g_{K-1}`.
@@ -127,10 +130,11 @@ pub(crate) struct TaskBuffers<A, W> {
     hv: Vec<ArrayD<A>>,
 }
 
-impl<A: Element, W> TaskBuffers<A, W> {
-    fn new(ws: W, like: &[ArrayD<A>], k: usize, learn_alpha: bool) -> Self {
+impl<A: Element, W, L> TaskBuffers<A, W, L> {
+    fn new(ws: W, lins: Vec<L>, like: &[ArrayD<A>], k: usize, learn_alpha: bool) -> Self {
         Self {
             ws,
+            lins,
             iterates: (0..k).map(|_| zeros_like(like)).collect(),
             grads: (0..k).map(|_| zeros_like(like)).collect(),
             lambda: zeros_like(like),
@@ -145,8 +149,9 @@ impl<A: Element, W> TaskBuffers<A, W> {
     }
 
     /// Whether these buffers serve a learner of these shapes and settings.
-    fn fits(&self, like: &[ArrayD<A>], k: usize, learn_alpha: bool) -> bool {
+    fn fits(&self, like: &[ArrayD<A>], k: usize, lins: usize, learn_alpha: bool) -> bool {
         self.iterates.len() == k
+            && self.lins.len() == lins
             && self.dalpha.is_empty() != learn_alpha
             && self.lambda.len() == like.len()
             && self
@@ -186,15 +191,6 @@ impl std::fmt::Debug for Buffers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Buffers")
     }
-}
-
-fn zeros_like<A: Element>(v: &[ArrayD<A>]) -> Vec<ArrayD<A>> {
-    v.iter().map(zeros_of).collect()
-}
-
-/// Zeros of `like`'s shape, row-major (so `slice_mut` applies).
-fn zeros_of<A: Element>(like: &ArrayD<A>) -> ArrayD<A> {
-    ArrayD::zeros(like.raw_dim())
 }
 
 /// An array made here (row-major) as one slice.
@@ -336,17 +332,22 @@ impl<A: Element> MetaLearner<A> {
 
     /// Adapts the initialisation to one task's support set:
     /// `K` steps of `theta - alpha * grad`.
-    pub fn adapt<O: Objective<A>>(&self, obj: &O, support: &O::Batch) -> Vec<ArrayD<A>> {
+    ///
+    /// Errors: what the objective says of the support set
+    /// ([`Error::InvalidTask`]), or gradients of other shapes than the
+    /// parameters.
+    pub fn adapt<O: Objective<A>>(&self, obj: &O, support: &O::Batch) -> Result<Vec<ArrayD<A>>> {
         let mut ws = obj.workspace();
         let mut g = zeros_like(&self.theta);
         let mut theta = self.theta.clone();
         let mut next = zeros_like(&self.theta);
         for _ in 0..self.inner_steps {
-            obj.loss_grad_into(&theta, support, &mut ws, &mut g);
+            obj.loss_grad_into(&theta, support, &mut ws, &mut g)?;
+            self.check_shapes(&g)?;
             self.adapt_into(&theta, &g, &mut next);
             std::mem::swap(&mut theta, &mut next);
         }
-        theta
+        Ok(theta)
     }
 
     /// `out = theta - alpha * g`, tensor by tensor.
@@ -381,11 +382,13 @@ impl<A: Element> MetaLearner<A> {
         &self,
         obj: &O,
         task: &Task<O::Batch>,
-        buf: &mut TaskBuffers<A, O::Workspace>,
+        buf: &mut TaskBuffers<A, O::Workspace, O::Linearisation>,
     ) -> Result<A> {
         let k = self.inner_steps;
+        let second = self.order == Order::Second;
         let TaskBuffers {
             ws,
+            lins,
             iterates,
             grads,
             lambda,
@@ -401,7 +404,11 @@ impl<A: Element> MetaLearner<A> {
             } else {
                 &done[step - 1]
             };
-            obj.loss_grad_into(at, &task.support, ws, &mut grads[step]);
+            if second {
+                obj.linearise_into(at, &task.support, ws, &mut grads[step], &mut lins[step])?;
+            } else {
+                obj.loss_grad_into(at, &task.support, ws, &mut grads[step])?;
+            }
             self.check_shapes(&grads[step])?;
             self.adapt_into(at, &grads[step], &mut rest[0]);
         }
@@ -410,7 +417,7 @@ impl<A: Element> MetaLearner<A> {
         } else {
             &iterates[k - 1]
         };
-        let loss = obj.loss_grad_into(last, &task.query, ws, lambda);
+        let loss = obj.loss_grad_into(last, &task.query, ws, lambda)?;
         self.check_shapes(lambda)?;
         // The reverse sweep.
         for d in dalpha.iter_mut() {
@@ -420,7 +427,7 @@ impl<A: Element> MetaLearner<A> {
             for (d, (g, l)) in dalpha.iter_mut().zip(grads[step].iter().zip(lambda.iter())) {
                 meta::alpha_grad(slice_mut(d), &flat(g), &flat(l));
             }
-            if self.order == Order::Second {
+            if second {
                 for ((out, a), l) in direction.iter_mut().zip(&self.alpha).zip(lambda.iter()) {
                     meta::mul(slice_mut(out), &flat(a), &flat(l));
                 }
@@ -429,7 +436,7 @@ impl<A: Element> MetaLearner<A> {
                 } else {
                     &iterates[step - 1]
                 };
-                obj.hessian_vector_into(at, &task.support, direction, ws, hv);
+                obj.hessian_vector_into(at, &task.support, &lins[step], direction, ws, hv)?;
                 self.check_shapes(hv)?;
                 for (l, h) in lambda.iter_mut().zip(hv.iter()) {
                     meta::sub_assign(slice_mut(l), &flat(h));
@@ -486,11 +493,19 @@ impl<A: Element> MetaLearner<A> {
                 requirement: "at most MAX_INNER_STEPS (1000)",
             });
         }
-        let mut pool = self.buffers.take::<TaskBuffers<A, O::Workspace>>();
-        pool.retain(|b| b.fits(&self.theta, self.inner_steps, self.learn_alpha));
+        let mut pool = self
+            .buffers
+            .take::<TaskBuffers<A, O::Workspace, O::Linearisation>>();
+        let lins = if self.order == Order::Second {
+            self.inner_steps
+        } else {
+            0
+        };
+        pool.retain(|b| b.fits(&self.theta, self.inner_steps, lins, self.learn_alpha));
         pool.resize_with(tasks.len().max(pool.len()), || {
             TaskBuffers::new(
                 obj.workspace(),
+                (0..lins).map(|_| obj.linearisation()).collect(),
                 &self.theta,
                 self.inner_steps,
                 self.learn_alpha,
@@ -502,14 +517,16 @@ impl<A: Element> MetaLearner<A> {
             tasks
                 .par_iter()
                 .zip(pool.par_iter_mut())
-                .map(|(t, b)| self.task_gradient(obj, t, b))
+                .enumerate()
+                .map(|(i, (t, b))| self.task_gradient(obj, t, b).map_err(|e| e.at_task(i)))
                 .collect()
         };
         #[cfg(not(feature = "parallel"))]
         let per_task: Vec<Result<A>> = tasks
             .iter()
             .zip(pool.iter_mut())
-            .map(|(t, b)| self.task_gradient(obj, t, b))
+            .enumerate()
+            .map(|(i, (t, b))| self.task_gradient(obj, t, b).map_err(|e| e.at_task(i)))
             .collect();
         let outcome = match per_task.iter().find_map(|r| r.as_ref().err()) {
             Some(e) => Err(e.clone()),

@@ -2,6 +2,7 @@
 //! backpropagation, exact Hessian-vector products by Pearlmutter's
 //! R-operator (forward mode over the backward pass).
 
+use metasgd_core::{Error, Result};
 use metasgd_kernels::Element;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix1, Ix2, IxDyn, Zip, s};
@@ -91,6 +92,39 @@ impl Mlp {
         ws.pre[self.layers() - 1]
             .slice(s![..x.nrows(), ..])
             .to_owned()
+    }
+
+    /// Why `params` (or a direction) and `batch` do not fit this network,
+    /// if they do not.
+    fn fits<A: Element>(&self, params: &[ArrayD<A>], batch: &Regression<A>) -> Result<()> {
+        let shapes = (0..self.layers()).flat_map(|l| {
+            [
+                vec![self.sizes[l], self.sizes[l + 1]],
+                vec![self.sizes[l + 1]],
+            ]
+        });
+        let shapes: Vec<Vec<usize>> = shapes.collect();
+        if params.len() != shapes.len()
+            || params
+                .iter()
+                .zip(&shapes)
+                .any(|(p, s)| p.shape() != s.as_slice())
+        {
+            return Err(Error::invalid_task(format!(
+                "parameters of shapes {:?}, the {:?} network has {shapes:?}",
+                params.iter().map(|p| p.shape()).collect::<Vec<_>>(),
+                self.sizes
+            )));
+        }
+        let (n, inputs, outputs) = (batch.x.nrows(), self.sizes[0], self.sizes[self.layers()]);
+        if batch.x.ncols() != inputs || batch.y.dim() != (n, outputs) {
+            return Err(Error::invalid_task(format!(
+                "a batch of x {:?} and y {:?}, expected (N, {inputs}) and (N, {outputs})",
+                batch.x.dim(),
+                batch.y.dim()
+            )));
+        }
+        Ok(())
     }
 
     fn check<A: Element>(&self, params: &[ArrayD<A>]) {
@@ -242,12 +276,29 @@ impl Mlp {
     }
 }
 
+/// The MLP's Hessian-vector product recomputes its forward pass (it costs
+/// as much as reading a stored one at these sizes), so its linearisation
+/// holds nothing.
 impl<A: Element> Objective<A> for Mlp {
     type Batch = Regression<A>;
     type Workspace = MlpWorkspace<A>;
+    type Linearisation = ();
 
     fn workspace(&self) -> MlpWorkspace<A> {
         MlpWorkspace::default()
+    }
+
+    fn linearisation(&self) {}
+
+    fn linearise_into(
+        &self,
+        params: &[ArrayD<A>],
+        batch: &Regression<A>,
+        ws: &mut MlpWorkspace<A>,
+        grad: &mut [ArrayD<A>],
+        _: &mut (),
+    ) -> Result<A> {
+        self.loss_grad_into(params, batch, ws, grad)
     }
 
     fn loss_grad_into(
@@ -256,7 +307,8 @@ impl<A: Element> Objective<A> for Mlp {
         batch: &Regression<A>,
         ws: &mut MlpWorkspace<A>,
         grad: &mut [ArrayD<A>],
-    ) -> A {
+    ) -> Result<A> {
+        self.fits(params, batch)?;
         self.forward_into(params, &batch.x, ws);
         let (n, layers) = (batch.x.nrows(), self.layers());
         ws.delta.resize_with(layers, empty);
@@ -288,18 +340,20 @@ impl<A: Element> Objective<A> for Mlp {
                 mask_view(&mut next, &ws.pre[l - 1].slice(s![..n, ..]));
             }
         }
-        loss
+        Ok(loss)
     }
 
     fn hessian_vector_into(
         &self,
         params: &[ArrayD<A>],
         batch: &Regression<A>,
+        _: &(),
         v: &[ArrayD<A>],
         ws: &mut MlpWorkspace<A>,
         hv: &mut [ArrayD<A>],
-    ) {
-        self.check(v);
+    ) -> Result<()> {
+        self.fits(params, batch)?;
+        self.fits(v, batch)?;
         self.forward_into(params, &batch.x, ws);
         let (n, layers) = (batch.x.nrows(), self.layers());
         let MlpWorkspace {
@@ -386,5 +440,6 @@ impl<A: Element> Objective<A> for Mlp {
                 mask_view(&mut r_next, &z);
             }
         }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The convolutional classifier's gradients and Hessian-vector products
 //! against central differences in f64, through every layer.
 
+use metasgd_core::Error;
 use metasgd_meta::{Classification, ConvNet, MetaLearner, Norm, Objective, Task};
 use ndarray::{Array4, ArrayD};
 use rand::{Rng, SeedableRng};
@@ -47,11 +48,11 @@ fn check(net: &ConvNet, n: usize, seed: u64) {
     let params = axpy(&params, 0.1 * (params.len() as f64), &shift);
     let data = batch::<f64>(net, n, seed + 2);
     let v = direction(&params, seed + 3);
-    let (_, grad) = net.loss_grad(&params, &data);
-    let hv = net.hessian_vector(&params, &data, &v);
+    let (_, grad) = net.loss_grad(&params, &data).unwrap();
+    let hv = net.hessian_vector(&params, &data, &v).unwrap();
 
     let h = 1e-5;
-    let loss_at = |t: f64| net.loss_grad(&axpy(&params, t, &v), &data).0;
+    let loss_at = |t: f64| net.loss_grad(&axpy(&params, t, &v), &data).unwrap().0;
     let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h);
     let analytic = dot(&grad, &v);
     assert!(
@@ -59,8 +60,8 @@ fn check(net: &ConvNet, n: usize, seed: u64) {
         "grad . v: {analytic} against {fd}"
     );
 
-    let (_, gp) = net.loss_grad(&axpy(&params, h, &v), &data);
-    let (_, gm) = net.loss_grad(&axpy(&params, -h, &v), &data);
+    let (_, gp) = net.loss_grad(&axpy(&params, h, &v), &data).unwrap();
+    let (_, gm) = net.loss_grad(&axpy(&params, -h, &v), &data).unwrap();
     for (i, ((a, p), m)) in hv.iter().zip(&gp).zip(&gm).enumerate() {
         let fd = (p - m) / (2.0 * h);
         let scale = fd.iter().fold(1e-3_f64, |s, x| s.max(x.abs()));
@@ -78,8 +79,8 @@ fn check(net: &ConvNet, n: usize, seed: u64) {
         for j in 0..params[i].len().min(12) {
             let mut e: Vec<ArrayD<f64>> = params.iter().map(|p| p.mapv(|_| 0.0)).collect();
             e[i].as_slice_mut().unwrap()[j] = 1.0;
-            let fd = (net.loss_grad(&axpy(&params, h, &e), &data).0
-                - net.loss_grad(&axpy(&params, -h, &e), &data).0)
+            let fd = (net.loss_grad(&axpy(&params, h, &e), &data).unwrap().0
+                - net.loss_grad(&axpy(&params, -h, &e), &data).unwrap().0)
                 / (2.0 * h);
             let g = grad[i].as_slice().unwrap()[j];
             assert!(
@@ -121,11 +122,11 @@ fn f32_follows_f64() {
     };
     let v64 = direction(&p64, 7);
     let v32: Vec<ArrayD<f32>> = v64.iter().map(|p| p.mapv(|x| x as f32)).collect();
-    let (l64, g64) = net.loss_grad(&p64, &b64);
-    let (l32, g32) = net.loss_grad(&p32, &b32);
+    let (l64, g64) = net.loss_grad(&p64, &b64).unwrap();
+    let (l32, g32) = net.loss_grad(&p32, &b32).unwrap();
     assert!((f64::from(l32) - l64).abs() < 1e-5 * l64.abs().max(1.0));
-    let h64 = net.hessian_vector(&p64, &b64, &v64);
-    let h32 = net.hessian_vector(&p32, &b32, &v32);
+    let h64 = net.hessian_vector(&p64, &b64, &v64).unwrap();
+    let h32 = net.hessian_vector(&p32, &b32, &v32).unwrap();
     for (pairs, what) in [((&g64, &g32), "gradient"), ((&h64, &h32), "H v")] {
         for (a, b) in pairs.0.iter().zip(pairs.1.iter()) {
             let scale = a.iter().fold(1e-2_f64, |s, x| s.max(x.abs()));
@@ -144,45 +145,107 @@ fn support_statistics_classify_each_image_on_its_own() {
     let params = net.init::<f32>(8);
     let support = batch::<f32>(&net, 5, 9);
     let test = batch::<f32>(&net, 4, 10);
-    let together = net.logits(&params, &test.x, Norm::From(&support.x));
+    let together = net
+        .logits(&params, &test.x, Norm::From(&support.x))
+        .unwrap();
     for i in 0..4 {
         let one = test.x.slice(ndarray::s![i..i + 1, .., .., ..]).to_owned();
-        let alone = net.logits(&params, &one, Norm::From(&support.x));
+        let alone = net.logits(&params, &one, Norm::From(&support.x)).unwrap();
         let a: Vec<u32> = alone.iter().map(|x| x.to_bits()).collect();
         let b: Vec<u32> = together.row(i).iter().map(|x| x.to_bits()).collect();
         assert_eq!(a, b, "test image {i}");
     }
     // With the test batch's own statistics the images do depend on each other.
-    let batch_norm = net.logits(&params, &test.x, Norm::Batch);
+    let batch_norm = net.logits(&params, &test.x, Norm::Batch).unwrap();
     assert_ne!(batch_norm, together);
 }
 
 #[test]
-fn a_hessian_vector_product_after_a_gradient_reuses_nothing_stale() {
+fn a_hessian_vector_product_takes_the_linearisation_of_its_gradient_pass() {
     let net = ConvNet::new(4).with_filters(6).with_blocks(3).with_side(14);
     let params = net.init::<f32>(12);
     let support = batch::<f32>(&net, 5, 13);
-    let query = batch::<f32>(&net, 5, 14);
+    let query = batch::<f32>(&net, 7, 14);
     let v: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|x| x * 0.5 + 0.01)).collect();
-    let fresh = net.hessian_vector(&params, &support, &v);
+    let fresh = net.hessian_vector(&params, &support, &v).unwrap();
     let bits =
         |h: &[ArrayD<f32>]| -> Vec<u32> { h.iter().flatten().map(|x| x.to_bits()).collect() };
-    let mut ws = net.workspace();
+    let (mut ws, mut lin) = (net.workspace(), net.linearisation());
     let mut g: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|_| 0.0)).collect();
     let mut hv = g.clone();
-    // At the point of the last gradient (the reused intermediates).
-    net.loss_grad_into(&params, &support, &mut ws, &mut g);
-    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
+    // Without a gradient pass there is nothing to linearise around: an error.
+    let e = net
+        .hessian_vector_into(&params, &support, &lin, &v, &mut ws, &mut hv)
+        .unwrap_err();
+    assert!(e.to_string().contains("linearise_into"), "{e}");
+    // The gradient pass's linearisation gives the fresh product, bit for bit,
+    // and the same gradient as a plain gradient pass.
+    let loss = net
+        .linearise_into(&params, &support, &mut ws, &mut g, &mut lin)
+        .unwrap();
+    let (plain_loss, plain_g) = net.loss_grad(&params, &support).unwrap();
+    assert_eq!(
+        (loss.to_bits(), bits(&g)),
+        (plain_loss.to_bits(), bits(&plain_g))
+    );
+    net.hessian_vector_into(&params, &support, &lin, &v, &mut ws, &mut hv)
+        .unwrap();
     assert_eq!(bits(&hv), bits(&fresh));
-    // After a gradient of another batch of the same size, and at other
-    // parameters: recomputed.
-    net.loss_grad_into(&params, &query, &mut ws, &mut g);
-    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
+    // A gradient pass on another batch (the query set) does not touch it.
+    net.loss_grad_into(&params, &query, &mut ws, &mut g)
+        .unwrap();
+    net.hessian_vector_into(&params, &support, &lin, &v, &mut ws, &mut hv)
+        .unwrap();
     assert_eq!(bits(&hv), bits(&fresh));
+    // A linearisation of another batch size is refused.
+    assert!(
+        net.hessian_vector_into(&params, &query, &lin, &v, &mut ws, &mut hv)
+            .is_err()
+    );
+    // Linearised again at other parameters: the product there.
     let moved: Vec<ArrayD<f32>> = params.iter().map(|p| p.mapv(|x| x * 1.01)).collect();
-    net.loss_grad_into(&moved, &support, &mut ws, &mut g);
-    net.hessian_vector_into(&params, &support, &v, &mut ws, &mut hv);
-    assert_eq!(bits(&hv), bits(&fresh));
+    net.linearise_into(&moved, &support, &mut ws, &mut g, &mut lin)
+        .unwrap();
+    net.hessian_vector_into(&moved, &support, &lin, &v, &mut ws, &mut hv)
+        .unwrap();
+    assert_eq!(
+        bits(&hv),
+        bits(&net.hessian_vector(&moved, &support, &v).unwrap())
+    );
+}
+
+#[test]
+fn a_bad_batch_is_an_error_naming_its_task_and_changes_nothing() {
+    let net = ConvNet::new(3).with_filters(4).with_blocks(2).with_side(10);
+    let mut tasks: Vec<Task<Classification<f32>>> = (0..4)
+        .map(|t| Task {
+            support: batch(&net, 3, 300 + t),
+            query: batch(&net, 6, 400 + t),
+        })
+        .collect();
+    tasks[2].query.y[4] = 3;
+    let mut learner = MetaLearner::meta_sgd(net.init::<f32>(1), 0.1);
+    let before = learner.clone();
+    match learner.meta_step(&net, &tasks) {
+        Err(Error::InvalidTask { task, reason }) => {
+            assert_eq!(task, Some(2));
+            assert!(reason.contains("class 3 of a 3-way network"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(learner.params(), before.params());
+    assert_eq!(learner.meta_steps(), 0);
+    // Parameters of the wrong shapes, and images of the wrong size.
+    let e = net
+        .loss_grad(&before.params()[1..], &tasks[0].support)
+        .unwrap_err();
+    assert!(e.to_string().contains("parameters of shapes"), "{e}");
+    let small = Array4::<f32>::zeros((1, 1, 9, 9));
+    assert!(net.predict(before.params(), &small, Norm::Batch).is_err());
+    tasks[2].query.y[4] = 0;
+    tasks[1].support.x = Array4::zeros((3, 1, 10, 11));
+    let e = learner.meta_step(&net, &tasks).unwrap_err();
+    assert!(e.to_string().starts_with("task 1: images of shape"), "{e}");
 }
 
 #[test]

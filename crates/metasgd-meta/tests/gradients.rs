@@ -2,6 +2,7 @@
 //! meta-gradient, against central finite differences in f64; thread-count
 //! independence of the meta-gradient, bit for bit.
 
+use metasgd_core::Result;
 use metasgd_meta::{MetaLearner, Mlp, Objective, Order, Regression, Sinusoid, Task};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -61,8 +62,8 @@ fn mlp_gradient_matches_finite_differences() {
     for seed in 0..3 {
         let p = net.init::<f64>(seed);
         let data = batch(&mut rng, 10);
-        let (_, g) = net.loss_grad(&p, &data);
-        let fd = fd_grad(&p, &|q| net.loss_grad(q, &data).0, 1e-6);
+        let (_, g) = net.loss_grad(&p, &data).unwrap();
+        let fd = fd_grad(&p, &|q| net.loss_grad(q, &data).unwrap().0, 1e-6);
         let e = rel_err(&g, &fd);
         assert!(e <= 1e-6, "seed {seed}: relative error {e:e}");
     }
@@ -76,7 +77,7 @@ fn mlp_hessian_vector_matches_finite_differences() {
         let p = net.init::<f64>(seed);
         let v = random_like(&p, 100 + seed);
         let data = batch(&mut rng, 10);
-        let hv = net.hessian_vector(&p, &data, &v);
+        let hv = net.hessian_vector(&p, &data, &v).unwrap();
         let eps = 1e-6;
         let shifted = |s: f64| -> P {
             let q: P = p
@@ -84,7 +85,7 @@ fn mlp_hessian_vector_matches_finite_differences() {
                 .zip(&v)
                 .map(|(a, d)| a + &d.mapv(|x| x * s))
                 .collect();
-            net.loss_grad(&q, &data).1
+            net.loss_grad(&q, &data).unwrap().1
         };
         let (gp, gm) = (shifted(eps), shifted(-eps));
         let fd: P = gp
@@ -128,14 +129,26 @@ fn unflatten(v: &Array1<f64>, like: &[ArrayD<f64>]) -> P {
 impl Objective<f64> for Quartic {
     type Batch = QBatch;
     type Workspace = ();
+    type Linearisation = ();
     fn workspace(&self) {}
+    fn linearisation(&self) {}
+    fn linearise_into(
+        &self,
+        params: &[ArrayD<f64>],
+        q: &QBatch,
+        (): &mut (),
+        grad: &mut [ArrayD<f64>],
+        (): &mut (),
+    ) -> Result<f64> {
+        self.loss_grad_into(params, q, &mut (), grad)
+    }
     fn loss_grad_into(
         &self,
         params: &[ArrayD<f64>],
         q: &QBatch,
         (): &mut (),
         grad: &mut [ArrayD<f64>],
-    ) -> f64 {
+    ) -> Result<f64> {
         let x = flatten(params);
         let ax = q.a.dot(&x);
         let loss = 0.5 * x.dot(&ax) - q.b.dot(&x) + q.c * x.mapv(|v| v.powi(4)).sum();
@@ -143,21 +156,23 @@ impl Objective<f64> for Quartic {
         for (out, g) in grad.iter_mut().zip(unflatten(&g, params)) {
             out.assign(&g);
         }
-        loss
+        Ok(loss)
     }
     fn hessian_vector_into(
         &self,
         params: &[ArrayD<f64>],
         q: &QBatch,
+        (): &(),
         v: &[ArrayD<f64>],
         (): &mut (),
         out: &mut [ArrayD<f64>],
-    ) {
+    ) -> Result<()> {
         let (x, v) = (flatten(params), flatten(v));
         let hv = q.a.dot(&v) + &(x.mapv(|t| 12.0 * q.c * t * t) * &v);
         for (o, h) in out.iter_mut().zip(unflatten(&hv, params)) {
             o.assign(&h);
         }
+        Ok(())
     }
 }
 
@@ -184,7 +199,7 @@ fn meta_loss<O: Objective<f64>>(
     for t in tasks {
         let mut th = theta.clone();
         for _ in 0..k {
-            let (_, g) = obj.loss_grad(&th, &t.support);
+            let (_, g) = obj.loss_grad(&th, &t.support).unwrap();
             th = th
                 .iter()
                 .zip(alpha)
@@ -192,7 +207,7 @@ fn meta_loss<O: Objective<f64>>(
                 .map(|((p, a), g)| p - &(a * g))
                 .collect();
         }
-        total += obj.loss_grad(&th, &t.query).0;
+        total += obj.loss_grad(&th, &t.query).unwrap().0;
     }
     total / tasks.len() as f64
 }
@@ -234,8 +249,11 @@ fn check_meta_gradient<O: Objective<f64>>(
                 // dtheta is the query gradient at the adapted parameters, averaged.
                 let mut want: P = theta.iter().map(|a| ArrayD::zeros(a.raw_dim())).collect();
                 for t in tasks {
-                    let adapted = learner.adapt(obj, &t.support);
-                    for (w, u) in want.iter_mut().zip(obj.loss_grad(&adapted, &t.query).1) {
+                    let adapted = learner.adapt(obj, &t.support).unwrap();
+                    for (w, u) in want
+                        .iter_mut()
+                        .zip(obj.loss_grad(&adapted, &t.query).unwrap().1)
+                    {
                         *w = &*w + &u;
                     }
                 }
@@ -355,25 +373,39 @@ struct WrongShape;
 impl Objective<f64> for WrongShape {
     type Batch = ();
     type Workspace = ();
+    type Linearisation = ();
     fn workspace(&self) {}
+    fn linearisation(&self) {}
+    fn linearise_into(
+        &self,
+        p: &[ArrayD<f64>],
+        (): &(),
+        (): &mut (),
+        grad: &mut [ArrayD<f64>],
+        (): &mut (),
+    ) -> Result<f64> {
+        self.loss_grad_into(p, &(), &mut (), grad)
+    }
     fn loss_grad_into(
         &self,
         _: &[ArrayD<f64>],
         (): &(),
         (): &mut (),
         grad: &mut [ArrayD<f64>],
-    ) -> f64 {
+    ) -> Result<f64> {
         grad[0] = ArrayD::zeros(IxDyn(&[7]));
-        0.0
+        Ok(0.0)
     }
     fn hessian_vector_into(
         &self,
         _: &[ArrayD<f64>],
         (): &(),
+        (): &(),
         _: &[ArrayD<f64>],
         (): &mut (),
         _: &mut [ArrayD<f64>],
-    ) {
+    ) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -267,13 +267,13 @@ fn scores_and_progress_counters() {
     let net = ConvNet::new(WAYS);
     let learner = MetaLearner::meta_sgd(net.init::<f32>(0), 0.4);
     let runs = bg.validation_runs(0, 1);
-    let e = Evaluation::measure(&net, &learner, &runs, &runs[..3], 1234);
+    let e = Evaluation::measure(&net, &learner, &runs, &runs[..3], 1234).unwrap();
     assert_eq!(
         (e.validation.total, e.lake.total, e.millis),
         (400, 60, 1234)
     );
     assert!(e.validation.wrong_support <= 400 && e.lake.wrong_batch <= 60);
-    assert_eq!(e.lake, omniglot::score(&net, &learner, &runs[..3]));
+    assert_eq!(e.lake, omniglot::score(&net, &learner, &runs[..3]).unwrap());
     let progress = Progress {
         evaluations: vec![
             e,

@@ -122,7 +122,9 @@ fn loss(p: &Params, x: &Array2<f32>, y: &Array2<f32>, grad: bool) -> (f32, Optio
             x: x.to_owned(),
             y: y.to_owned(),
         };
-        let (mse, g) = net.loss_grad(p, &batch);
+        let (mse, g) = net
+            .loss_grad(p, &batch)
+            .expect("the network is built for these inputs");
         return (mse, Some(g));
     }
     let err = net.predict(p, x) - y;

@@ -1,6 +1,8 @@
 //! Scoring a meta-learner on runs, and a run's evaluations kept across
 //! restarts.
 
+use metasgd_core::Result;
+
 use super::{DataError, Run};
 use crate::{ConvNet, Extras, MetaLearner, Norm};
 
@@ -30,19 +32,21 @@ impl Score {
 /// Adapts `learner` once on each run's training images and classifies its
 /// test images (both normalisations). Over runs of equal size, as Lake's
 /// are, the errors are the mean of the runs' errors.
-pub fn score(net: &ConvNet, learner: &MetaLearner<f32>, runs: &[Run]) -> Score {
+///
+/// Errors: a learner whose parameters do not fit `net`.
+pub fn score(net: &ConvNet, learner: &MetaLearner<f32>, runs: &[Run]) -> Result<Score> {
     let mut s = Score::default();
     for run in runs {
-        let adapted = learner.adapt(net, &run.support);
-        let wrong = |norm| {
-            let pred = net.predict(&adapted, &run.test.x, norm);
-            pred.iter().zip(&run.test.y).filter(|(p, y)| p != y).count() as u64
+        let adapted = learner.adapt(net, &run.support)?;
+        let wrong = |norm| -> Result<u64> {
+            let pred = net.predict(&adapted, &run.test.x, norm)?;
+            Ok(pred.iter().zip(&run.test.y).filter(|(p, y)| p != y).count() as u64)
         };
-        s.wrong_support += wrong(Norm::From(&run.support.x));
-        s.wrong_batch += wrong(Norm::Batch);
+        s.wrong_support += wrong(Norm::From(&run.support.x))?;
+        s.wrong_batch += wrong(Norm::Batch)?;
         s.total += run.test.y.len() as u64;
     }
-    s
+    Ok(s)
 }
 
 /// One evaluation during meta-training.
@@ -67,13 +71,13 @@ impl Evaluation {
         validation: &[Run],
         lake: &[Run],
         millis: u64,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
             iterations: u64::from(learner.meta_steps()),
             millis,
-            validation: score(net, learner, validation),
-            lake: score(net, learner, lake),
-        }
+            validation: score(net, learner, validation)?,
+            lake: score(net, learner, lake)?,
+        })
     }
 }
 
@@ -147,7 +151,7 @@ impl Progress {
     /// What [`Progress::to_extras`] wrote; refuses anything else (another
     /// program's checkpoint, columns of different lengths, a count past its
     /// total, evaluations out of order).
-    pub fn from_extras(extras: &Extras<f32>) -> Result<Self, DataError> {
+    pub fn from_extras(extras: &Extras<f32>) -> std::result::Result<Self, DataError> {
         let bad = |reason: String| DataError::invalid("the checkpoint's progress counters", reason);
         let mut names: Vec<&str> = COLUMNS.to_vec();
         names.push("millis");

@@ -44,7 +44,7 @@
 //! for it in 0..100 {
 //!     learner.meta_step(&net, &sampler.meta_batch(it, 4))?;
 //! }
-//! let lake = omniglot::score(&net, &learner, &runs);
+//! let lake = omniglot::score(&net, &learner, &runs)?;
 //! println!("Lake error {:.3}", lake.support_error());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

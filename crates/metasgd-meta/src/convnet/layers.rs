@@ -131,22 +131,29 @@ pub(super) fn col2im<A: Element>(patches: &Array2<A>, g: &Geometry, out: &mut [A
     }
 }
 
+/// `acc[j] += row[j]` for every row of the row-major `m` (`acc.len()`
+/// columns), rows in order.
+fn add_rows<A: Element>(m: &[A], acc: &mut [A]) {
+    for row in m.chunks_exact(acc.len()) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a = *a + x;
+        }
+    }
+}
+
 /// Per column: the mean and `1/sqrt(var + eps)` (biased variance) of `z`.
 pub(super) fn batch_stats<A: Element>(z: &Array2<A>, mean: &mut [A], inv_std: &mut [A]) {
     let rows = A::from(z.nrows()).unwrap_or(A::one());
     let eps = A::from(EPS).unwrap_or(A::ZERO);
+    let (mean, inv_std) = (&mut mean[..z.ncols()], &mut inv_std[..z.ncols()]);
     mean.fill(A::ZERO);
-    for row in z.rows() {
-        for (m, &v) in mean.iter_mut().zip(row.iter()) {
-            *m = *m + v;
-        }
-    }
+    add_rows(flat(z), mean);
     for m in mean.iter_mut() {
         *m = *m / rows;
     }
     inv_std.fill(A::ZERO);
-    for row in z.rows() {
-        for ((q, &v), &m) in inv_std.iter_mut().zip(row.iter()).zip(mean.iter()) {
+    for row in flat(z).chunks_exact(mean.len()) {
+        for ((q, &v), &m) in inv_std.iter_mut().zip(row).zip(mean.iter()) {
             let d = v - m;
             *q = *q + d * d;
         }
@@ -159,49 +166,45 @@ pub(super) fn batch_stats<A: Element>(z: &Array2<A>, mean: &mut [A], inv_std: &m
 /// Batch norm (with the block's statistics) and ReLU: `normalised`,
 /// `pre_relu` and `out` from `conv`.
 pub(super) fn bn_relu<A: Element>(blk: &mut BlockForward<A>, gamma: &[A], beta: &[A], f: usize) {
-    let conv = flat(&blk.conv);
-    let normalised = flat_mut(&mut blk.normalised);
-    let pre_relu = flat_mut(&mut blk.pre_relu);
-    let rows = conv
+    let (mean, inv_std) = (&blk.mean[..f], &blk.inv_std[..f]);
+    let (gamma, beta) = (&gamma[..f], &beta[..f]);
+    let rows = flat(&blk.conv)
         .chunks_exact(f)
-        .zip(normalised.chunks_exact_mut(f))
-        .zip(
-            pre_relu
-                .chunks_exact_mut(f)
-                .zip(blk.out.chunks_exact_mut(f)),
-        );
-    for ((z, zh), (y, a)) in rows {
-        for c in 0..f {
-            let v = (z[c] - blk.mean[c]) * blk.inv_std[c];
-            let out = gamma[c] * v + beta[c];
-            zh[c] = v;
-            y[c] = out;
-            a[c] = if out > A::ZERO { out } else { A::ZERO };
+        .zip(flat_mut(&mut blk.normalised).chunks_exact_mut(f))
+        .zip(flat_mut(&mut blk.pre_relu).chunks_exact_mut(f))
+        .zip(blk.out.chunks_exact_mut(f));
+    // Per row, every channel at once (one vector loop): the same arithmetic
+    // per element as the formula, so the bits do not change.
+    for (((z, zh), y), a) in rows {
+        let channels = z.iter().zip(zh).zip(y.iter_mut().zip(a));
+        let params = mean.iter().zip(inv_std).zip(gamma.iter().zip(beta));
+        for (((&z, zh), (y, a)), ((&m, &s), (&g, &b))) in channels.zip(params) {
+            let v = (z - m) * s;
+            let out = g * v + b;
+            *zh = v;
+            *y = out;
+            *a = if out > A::ZERO { out } else { A::ZERO };
         }
     }
 }
 
 /// `out[j] = sum over rows of m[.., j]`, rows in order.
 pub(super) fn column_sums<A: Element>(m: &Array2<A>, out: &mut [A]) {
+    let out = &mut out[..m.ncols()];
     out.fill(A::ZERO);
-    for row in m.rows() {
-        for (o, &x) in out.iter_mut().zip(row.iter()) {
-            *o = *o + x;
-        }
-    }
+    add_rows(flat(m), out);
 }
 
 /// The mean over each image's positions: `h[n, c]`.
 pub(super) fn pool<A: Element>(a: &[A], n: usize, hw: usize, f: usize, h: &mut Array2<A>) {
     let inv = A::one() / A::from(hw).unwrap_or(A::one());
-    for (i, mut row) in h.rows_mut().into_iter().enumerate().take(n) {
+    for (image, row) in a
+        .chunks_exact(hw * f)
+        .zip(flat_mut(h).chunks_exact_mut(f))
+        .take(n)
+    {
         row.fill(A::ZERO);
-        for pos in 0..hw {
-            let src = &a[(i * hw + pos) * f..][..f];
-            for (o, &x) in row.iter_mut().zip(src) {
-                *o = *o + x;
-            }
-        }
+        add_rows(image, row);
         for o in row.iter_mut() {
             *o = *o * inv;
         }
@@ -211,10 +214,13 @@ pub(super) fn pool<A: Element>(a: &[A], n: usize, hw: usize, f: usize, h: &mut A
 /// The adjoint of [`pool`]: `g_a[n, pos, c] = g_h[n, c] / hw`.
 pub(super) fn unpool<A: Element>(g_h: &Array2<A>, n: usize, hw: usize, f: usize, g_a: &mut [A]) {
     let inv = A::one() / A::from(hw).unwrap_or(A::one());
-    for (i, row) in g_h.rows().into_iter().enumerate().take(n) {
-        for pos in 0..hw {
-            let dst = &mut g_a[(i * hw + pos) * f..][..f];
-            for (o, &x) in dst.iter_mut().zip(row.iter()) {
+    for (row, image) in flat(g_h)
+        .chunks_exact(f)
+        .zip(g_a.chunks_exact_mut(hw * f))
+        .take(n)
+    {
+        for dst in image.chunks_exact_mut(f) {
+            for (o, &x) in dst.iter_mut().zip(row) {
                 *o = x * inv;
             }
         }
@@ -232,48 +238,80 @@ pub(super) fn bn_backward<A: Element>(
 ) {
     let rows = fwd.conv.nrows();
     let inv = A::one() / A::from(rows).unwrap_or(A::one());
-    bwd.g_beta.fill(A::ZERO);
-    bwd.g_gamma.fill(A::ZERO);
-    bwd.mean_g_normalised.fill(A::ZERO);
-    bwd.mean_g_normalised_normalised.fill(A::ZERO);
-    let (y, zhat) = (flat(&fwd.pre_relu), flat(&fwd.normalised));
-    let (m1, m2) = (
-        &mut bwd.mean_g_normalised,
-        &mut bwd.mean_g_normalised_normalised,
+    let gamma = &gamma[..f];
+    let BlockBackward {
+        g_out,
+        g_pre_relu,
+        g_normalised,
+        mean_g_normalised: m1,
+        mean_g_normalised_normalised: m2,
+        centred,
+        g_conv,
+        g_gamma,
+        g_beta,
+        ..
+    } = bwd;
+    for sums in [&mut *g_beta, &mut *g_gamma, &mut *m1, &mut *m2] {
+        sums.fill(A::ZERO);
+    }
+    let (m1, m2, g_gamma, g_beta) = (
+        &mut m1[..f],
+        &mut m2[..f],
+        &mut g_gamma[..f],
+        &mut g_beta[..f],
     );
-    let (g_y, g_zhat) = (
-        flat_mut(&mut bwd.g_pre_relu),
-        flat_mut(&mut bwd.g_normalised),
-    );
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let gy = if y[o + c] > A::ZERO {
-                bwd.g_out[o + c]
-            } else {
-                A::ZERO
-            };
-            g_y[o + c] = gy;
-            let zh = zhat[o + c];
-            bwd.g_beta[c] = bwd.g_beta[c] + gy;
-            bwd.g_gamma[c] = bwd.g_gamma[c] + gy * zh;
-            let gzh = gamma[c] * gy;
-            g_zhat[o + c] = gzh;
-            m1[c] = m1[c] + gzh;
-            m2[c] = m2[c] + gzh * zh;
+    // Rows in order; per row every channel at once (each channel's sums
+    // still add the rows in order).
+    let rows_in = flat(&fwd.pre_relu)
+        .chunks_exact(f)
+        .zip(flat(&fwd.normalised).chunks_exact(f))
+        .zip(g_out.chunks_exact(f));
+    let rows_out = flat_mut(g_pre_relu)
+        .chunks_exact_mut(f)
+        .zip(flat_mut(g_normalised).chunks_exact_mut(f));
+    for (((y, zhat), g_a), (g_y, g_zhat)) in rows_in.zip(rows_out) {
+        let inputs = y.iter().zip(zhat).zip(g_a.iter().zip(gamma));
+        let outputs = g_y.iter_mut().zip(g_zhat.iter_mut());
+        let sums = g_beta
+            .iter_mut()
+            .zip(g_gamma.iter_mut())
+            .zip(m1.iter_mut().zip(m2.iter_mut()));
+        for ((((&y, &zh), (&ga, &g)), (gy_out, gzh_out)), ((sb, sg), (s1, s2))) in
+            inputs.zip(outputs).zip(sums)
+        {
+            let gy = if y > A::ZERO { ga } else { A::ZERO };
+            *gy_out = gy;
+            *sb = *sb + gy;
+            *sg = *sg + gy * zh;
+            let gzh = g * gy;
+            *gzh_out = gzh;
+            *s1 = *s1 + gzh;
+            *s2 = *s2 + gzh * zh;
         }
     }
-    for c in 0..f {
-        m1[c] = m1[c] * inv;
-        m2[c] = m2[c] * inv;
+    for (a, b) in m1.iter_mut().zip(m2.iter_mut()) {
+        *a = *a * inv;
+        *b = *b * inv;
     }
-    let (u, g_z) = (flat_mut(&mut bwd.centred), flat_mut(&mut bwd.g_conv));
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let v = g_zhat[o + c] - m1[c] - zhat[o + c] * m2[c];
-            u[o + c] = v;
-            g_z[o + c] = fwd.inv_std[c] * v;
+    let inv_std = &fwd.inv_std[..f];
+    let rows = flat(g_normalised)
+        .chunks_exact(f)
+        .zip(flat(&fwd.normalised).chunks_exact(f))
+        .zip(
+            flat_mut(centred)
+                .chunks_exact_mut(f)
+                .zip(flat_mut(g_conv).chunks_exact_mut(f)),
+        );
+    for ((g_zhat, zhat), (u, g_z)) in rows {
+        let per = g_zhat
+            .iter()
+            .zip(zhat)
+            .zip(u.iter_mut().zip(g_z.iter_mut()));
+        let stats = m1.iter().zip(m2.iter()).zip(inv_std);
+        for (((&gzh, &zh), (u, gz)), ((&a, &b), &s)) in per.zip(stats) {
+            let v = gzh - a - zh * b;
+            *u = v;
+            *gz = s * v;
         }
     }
 }
@@ -289,7 +327,7 @@ pub(super) fn bn_r_forward<A: Element>(
 ) {
     let rows = fwd.conv.nrows();
     let inv = A::one() / A::from(rows).unwrap_or(A::one());
-    let (r_mu, q) = (&mut tan.r_mean, &mut tan.mean_normalised_r_conv);
+    let (r_mu, q) = (&mut tan.r_mean[..f], &mut tan.mean_normalised_r_conv[..f]);
     r_mu.fill(A::ZERO);
     q.fill(A::ZERO);
     let (zhat, y, r_z) = (
@@ -297,30 +335,47 @@ pub(super) fn bn_r_forward<A: Element>(
         flat(&fwd.pre_relu),
         flat(&tan.r_conv),
     );
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let rz = r_z[o + c];
-            r_mu[c] = r_mu[c] + rz;
-            q[c] = q[c] + zhat[o + c] * rz;
+    for (zh, rz) in zhat.chunks_exact(f).zip(r_z.chunks_exact(f)) {
+        for ((&zh, &rz), (m, q)) in zh.iter().zip(rz).zip(r_mu.iter_mut().zip(q.iter_mut())) {
+            *m = *m + rz;
+            *q = *q + zh * rz;
         }
     }
-    let s = &fwd.inv_std;
-    for c in 0..f {
-        r_mu[c] = r_mu[c] * inv;
-        q[c] = q[c] * inv;
+    let s = &fwd.inv_std[..f];
+    for (((m, q), r_s), &s) in r_mu
+        .iter_mut()
+        .zip(q.iter_mut())
+        .zip(&mut tan.r_inv_std)
+        .zip(s)
+    {
+        *m = *m * inv;
+        *q = *q * inv;
         // R s = -s^2 mean(zhat R z).
-        tan.r_inv_std[c] = -(s[c] * s[c]) * q[c];
+        *r_s = -(s * s) * *q;
     }
-    let r_zhat = flat_mut(&mut tan.r_normalised);
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let zh = zhat[o + c];
-            let rzh = s[c] * (r_z[o + c] - r_mu[c] - zh * q[c]);
-            r_zhat[o + c] = rzh;
-            let ry = v_gamma[c] * zh + gamma[c] * rzh + v_beta[c];
-            tan.r_out[o + c] = if y[o + c] > A::ZERO { ry } else { A::ZERO };
+    let (gamma, v_gamma, v_beta) = (&gamma[..f], &v_gamma[..f], &v_beta[..f]);
+    let rows_in = zhat
+        .chunks_exact(f)
+        .zip(y.chunks_exact(f))
+        .zip(r_z.chunks_exact(f));
+    let rows_out = flat_mut(&mut tan.r_normalised)
+        .chunks_exact_mut(f)
+        .zip(tan.r_out.chunks_exact_mut(f));
+    for (((zhat, y), r_z), (r_zhat, r_a)) in rows_in.zip(rows_out) {
+        let per = zhat
+            .iter()
+            .zip(y)
+            .zip(r_z)
+            .zip(r_zhat.iter_mut().zip(r_a.iter_mut()));
+        let stats = s.iter().zip(r_mu.iter()).zip(q.iter());
+        let params = gamma.iter().zip(v_gamma).zip(v_beta);
+        for ((((&zh, &y), &rz), (rzh_out, ra)), (((&s, &m), &q), ((&g, &vg), &vb))) in
+            per.zip(stats.zip(params))
+        {
+            let rzh = s * (rz - m - zh * q);
+            *rzh_out = rzh;
+            let ry = vg * zh + g * rzh + vb;
+            *ra = if y > A::ZERO { ry } else { A::ZERO };
         }
     }
 }
@@ -336,17 +391,26 @@ pub(super) fn bn_r_backward<A: Element>(
 ) {
     let rows = fwd.conv.nrows();
     let inv = A::one() / A::from(rows).unwrap_or(A::one());
-    tan.r_g_gamma.fill(A::ZERO);
-    tan.r_g_beta.fill(A::ZERO);
-    let (r_m1, r_m2) = (
-        &mut tan.r_mean_g_normalised,
-        &mut tan.r_mean_g_normalised_normalised,
-    );
-    r_m1.fill(A::ZERO);
-    r_m2.fill(A::ZERO);
+    let BlockTangent {
+        r_normalised,
+        r_inv_std,
+        r_g_out,
+        r_mean_g_normalised: r_m1,
+        r_mean_g_normalised_normalised: r_m2,
+        r_g_conv,
+        r_g_gamma,
+        r_g_beta,
+        ..
+    } = tan;
+    for sums in [&mut *r_g_gamma, &mut *r_g_beta, &mut *r_m1, &mut *r_m2] {
+        sums.fill(A::ZERO);
+    }
+    let (r_m1, r_m2) = (&mut r_m1[..f], &mut r_m2[..f]);
+    let (r_g_gamma, r_g_beta) = (&mut r_g_gamma[..f], &mut r_g_beta[..f]);
+    let (gamma, v_gamma) = (&gamma[..f], &v_gamma[..f]);
     let (zhat, r_zhat, y) = (
         flat(&fwd.normalised),
-        flat(&tan.r_normalised),
+        flat(r_normalised),
         flat(&fwd.pre_relu),
     );
     let (g_y, g_zhat, u) = (
@@ -355,34 +419,48 @@ pub(super) fn bn_r_backward<A: Element>(
         flat(&bwd.centred),
     );
     // r_g_conv first holds R g_normalised.
-    let r_g_z = flat_mut(&mut tan.r_g_conv);
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let r_gy = if y[o + c] > A::ZERO {
-                tan.r_g_out[o + c]
-            } else {
-                A::ZERO
-            };
-            let (zh, rzh, gy) = (zhat[o + c], r_zhat[o + c], g_y[o + c]);
-            tan.r_g_gamma[c] = tan.r_g_gamma[c] + r_gy * zh + gy * rzh;
-            tan.r_g_beta[c] = tan.r_g_beta[c] + r_gy;
-            let r_gzh = v_gamma[c] * gy + gamma[c] * r_gy;
-            r_g_z[o + c] = r_gzh;
-            r_m1[c] = r_m1[c] + r_gzh;
-            r_m2[c] = r_m2[c] + r_gzh * zh + g_zhat[o + c] * rzh;
+    let rows_in = (zhat.chunks_exact(f).zip(r_zhat.chunks_exact(f)))
+        .zip(y.chunks_exact(f).zip(r_g_out.chunks_exact(f)))
+        .zip(g_y.chunks_exact(f).zip(g_zhat.chunks_exact(f)));
+    let r_g_z = flat_mut(r_g_conv);
+    for ((((zhat, r_zhat), (y, r_g_a)), (g_y, g_zhat)), r_g_z) in
+        rows_in.zip(r_g_z.chunks_exact_mut(f))
+    {
+        let per = (zhat.iter().zip(r_zhat))
+            .zip(y.iter().zip(r_g_a))
+            .zip(g_y.iter().zip(g_zhat).zip(r_g_z.iter_mut()));
+        let sums = (r_g_gamma.iter_mut().zip(r_g_beta.iter_mut()))
+            .zip(r_m1.iter_mut().zip(r_m2.iter_mut()))
+            .zip(gamma.iter().zip(v_gamma));
+        for ((((&zh, &rzh), (&y, &rga)), ((&gy, &gzh), out)), (((sg, sb), (s1, s2)), (&g, &vg))) in
+            per.zip(sums)
+        {
+            let r_gy = if y > A::ZERO { rga } else { A::ZERO };
+            *sg = *sg + r_gy * zh + gy * rzh;
+            *sb = *sb + r_gy;
+            let r_gzh = vg * gy + g * r_gy;
+            *out = r_gzh;
+            *s1 = *s1 + r_gzh;
+            *s2 = *s2 + r_gzh * zh + gzh * rzh;
         }
     }
-    for c in 0..f {
-        r_m1[c] = r_m1[c] * inv;
-        r_m2[c] = r_m2[c] * inv;
+    for (a, b) in r_m1.iter_mut().zip(r_m2.iter_mut()) {
+        *a = *a * inv;
+        *b = *b * inv;
     }
-    let (s, m2) = (&fwd.inv_std, &bwd.mean_g_normalised_normalised);
-    for r in 0..rows {
-        let o = r * f;
-        for c in 0..f {
-            let r_u = r_g_z[o + c] - r_m1[c] - r_zhat[o + c] * m2[c] - zhat[o + c] * r_m2[c];
-            r_g_z[o + c] = tan.r_inv_std[c] * u[o + c] + s[c] * r_u;
+    let (s, m2) = (&fwd.inv_std[..f], &bwd.mean_g_normalised_normalised[..f]);
+    let r_s = &r_inv_std[..f];
+    let rows = (zhat.chunks_exact(f).zip(r_zhat.chunks_exact(f)))
+        .zip(u.chunks_exact(f))
+        .zip(r_g_z.chunks_exact_mut(f));
+    for (((zhat, r_zhat), u), r_g_z) in rows {
+        let per = zhat.iter().zip(r_zhat).zip(u.iter().zip(r_g_z.iter_mut()));
+        let stats = (r_m1.iter().zip(r_m2.iter()))
+            .zip(m2.iter())
+            .zip(s.iter().zip(r_s));
+        for (((&zh, &rzh), (&u, rgz)), (((&a, &b), &m2), (&s, &rs))) in per.zip(stats) {
+            let r_u = *rgz - a - rzh * m2 - zh * b;
+            *rgz = rs * u + s * r_u;
         }
     }
 }

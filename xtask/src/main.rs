@@ -6,6 +6,7 @@
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
 //! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save; the distributed meta-learner
 //! cargo xtask mpi --meta-speed  the distributed meta-learner: 2 ranks x 1 thread against 1 process x 2 threads
+//! cargo xtask omniglot-speed [--python P] [--quick]  seconds per Omniglot meta-iteration, ours against PyTorch's
 //! ```
 //!
 //! One parser (clap) reads every task's flags; `cargo xtask --help` lists them.
@@ -13,6 +14,7 @@
 mod bench;
 mod meta;
 mod mpi;
+mod omniglot_speed;
 mod plot;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,20 @@ enum Task {
         #[arg(long)]
         meta_speed: bool,
     },
+    /// Seconds per Omniglot meta-iteration (second order, meta-batch 4,
+    /// random data) of metasgd and, when the Python has torch, of the
+    /// PyTorch peer script, interleaved, as a ratio.
+    OmniglotSpeed {
+        /// The Python with torch (a venv's `bin/python`).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Alternations of (ours, PyTorch).
+        #[arg(long, default_value_t = 3)]
+        alternations: usize,
+        /// One round of 3 meta-iterations per run (a smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +99,11 @@ fn main() -> ExitCode {
         Task::Mpi {
             elements, steps, ..
         } => mpi::run_all(elements, steps),
+        Task::OmniglotSpeed {
+            python,
+            alternations,
+            quick,
+        } => omniglot_speed::run_all(&python, alternations, quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

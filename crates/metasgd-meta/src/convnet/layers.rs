@@ -72,6 +72,7 @@ pub(super) fn gemm<A: Element>(
 
 /// The input position a 3x3, stride 2, padding 1 kernel tap reads, if it is
 /// inside the image.
+#[inline]
 fn tap(out: usize, k: usize, side_in: usize) -> Option<usize> {
     (out * 2 + k).checked_sub(1).filter(|&i| i < side_in)
 }
@@ -92,7 +93,12 @@ pub(super) fn im2col<A: Element>(a: &[A], g: &Geometry, patches: &mut Array2<A>)
                         match (tap(oh, kh, si), tap(ow, kw, si)) {
                             (Some(ih), Some(iw)) => {
                                 let base = ((n * si + ih) * si + iw) * cin;
-                                dst.copy_from_slice(&a[base..base + cin]);
+                                // A loop, not copy_from_slice: the first
+                                // block's runs are one value long, too
+                                // short for a call to memmove.
+                                for (d, &x) in dst.iter_mut().zip(&a[base..base + cin]) {
+                                    *d = x;
+                                }
                             }
                             _ => dst.fill(A::ZERO),
                         }

@@ -80,10 +80,20 @@ fn tap(out: usize, k: usize, side_in: usize) -> Option<usize> {
 /// The patches of the NHWC input `a`: one row per output position,
 /// `(kh, kw, c)` per column, matching the weight's layout.
 pub(super) fn im2col<A: Element>(a: &[A], g: &Geometry, patches: &mut Array2<A>) {
+    im2col_images(a, g, 0..g.n, patches);
+}
+
+/// [`im2col`] for images `images` only (their rows of `patches`).
+pub(super) fn im2col_images<A: Element>(
+    a: &[A],
+    g: &Geometry,
+    images: std::ops::Range<usize>,
+    patches: &mut Array2<A>,
+) {
     let (si, so, cin) = (g.side_in, g.side_out, g.cin);
     let cols = flat_mut(patches);
     let k = cin * 9;
-    for n in 0..g.n {
+    for n in images {
         for oh in 0..so {
             for ow in 0..so {
                 let row = &mut cols[((n * so + oh) * so + ow) * k..][..k];

@@ -242,6 +242,15 @@ fn a_bad_batch_is_an_error_naming_its_task_and_changes_nothing() {
     assert!(e.to_string().contains("parameters of shapes"), "{e}");
     let small = Array4::<f32>::zeros((1, 1, 9, 9));
     assert!(net.predict(before.params(), &small, Norm::Batch).is_err());
+    // A parameter that is not row-major (here a matrix stored transposed).
+    let mut columns = before.params().to_vec();
+    let last = columns.len() - 2;
+    let transposed = columns[last].t().as_standard_layout().into_owned();
+    columns[last] = transposed.reversed_axes();
+    assert_eq!(columns[last], before.params()[last]);
+    assert!(!columns[last].is_standard_layout());
+    let e = net.loss_grad(&columns, &tasks[0].support).unwrap_err();
+    assert!(e.to_string().contains("not row-major"), "{e}");
     tasks[2].query.y[4] = 0;
     tasks[1].support.x = Array4::zeros((3, 1, 10, 11));
     let e = learner.meta_step(&net, &tasks).unwrap_err();

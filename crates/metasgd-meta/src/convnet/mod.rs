@@ -193,13 +193,19 @@ impl ConvNet {
                 .iter()
                 .zip(&shapes)
                 .all(|(p, s)| p.shape() == s.as_slice());
-        if fits {
-            return Ok(());
+        if !fits {
+            let got: Vec<&[usize]> = params.iter().map(|p| p.shape()).collect();
+            return Err(Error::invalid_task(format!(
+                "{what} of shapes {got:?}, {self:?} has {shapes:?}"
+            )));
         }
-        let got: Vec<&[usize]> = params.iter().map(|p| p.shape()).collect();
-        Err(Error::invalid_task(format!(
-            "{what} of shapes {got:?}, {self:?} has {shapes:?}"
-        )))
+        // The passes read every tensor as one row-major slice.
+        match params.iter().position(|p| !p.is_standard_layout()) {
+            Some(i) => Err(Error::invalid_task(format!(
+                "{what}: tensor {i} is not row-major (as_standard_layout() makes a copy that is)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// [`ConvNet::check_batch`] as an [`Error::InvalidTask`].

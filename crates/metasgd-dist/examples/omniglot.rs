@@ -132,7 +132,7 @@ fn load(a: &Args) -> Result<(Background, Vec<Run>, Vec<Run>, usize)> {
             a.val_alphabet
         )
     })?;
-    let val_runs = bg.validation_runs(val, a.seed);
+    let val_runs = bg.validation_runs(val, a.seed)?;
     Ok((bg, runs, val_runs, val))
 }
 

@@ -226,8 +226,9 @@ fn the_background_sets_and_the_sampler() {
             .x
     );
     // Validation runs: up to 20 characters, one training and one test drawing each.
-    let runs = bg.validation_runs(1, 0);
+    let runs = bg.validation_runs(1, 0).unwrap();
     assert_eq!(runs.len(), 20);
+    assert!(bg.validation_runs(2, 0).is_err());
     assert_eq!(runs[0].support.x.shape(), [20, 1, SIDE, SIDE]);
     assert!(Sampler::new(&bg, Some(2), 0, 0).is_err());
     // One alphabet, or a character with too few drawings: refused.
@@ -266,7 +267,7 @@ fn scores_and_progress_counters() {
     let bg = Background::from_zips(zips).unwrap();
     let net = ConvNet::new(WAYS);
     let learner = MetaLearner::meta_sgd(net.init::<f32>(0), 0.4);
-    let runs = bg.validation_runs(0, 1);
+    let runs = bg.validation_runs(0, 1).unwrap();
     let e = Evaluation::measure(&net, &learner, &runs, &runs[..3], 1234).unwrap();
     assert_eq!(
         (e.validation.total, e.lake.total, e.millis),

@@ -110,11 +110,17 @@ impl Background {
     }
 
     /// Alphabet `i`'s name.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`, as slice indexing does.
     pub fn name(&self, i: usize) -> &str {
         &self.alphabets[i].0
     }
 
     /// The number of characters of alphabet `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`, as slice indexing does.
     pub fn characters(&self, i: usize) -> usize {
         self.alphabets[i].1.len()
     }

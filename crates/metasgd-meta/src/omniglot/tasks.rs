@@ -97,11 +97,20 @@ impl<'a> Sampler<'a> {
 impl Background {
     /// 20 fixed runs like Lake's from alphabet `alphabet`: every character
     /// (up to 20) with one training and one test drawing by different
-    /// drawers, drawn from `seed`.
-    pub fn validation_runs(&self, alphabet: usize, seed: u64) -> Vec<Run> {
+    /// drawers, drawn from `seed`. An index past the alphabets is an error.
+    pub fn validation_runs(&self, alphabet: usize, seed: u64) -> Result<Vec<Run>, DataError> {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5A5A_0F0F);
-        let chars = &self.alphabets[alphabet].1;
-        (0..20)
+        let chars = &self
+            .alphabets
+            .get(alphabet)
+            .ok_or_else(|| {
+                DataError::invalid(
+                    "validation alphabet",
+                    format!("index {alphabet}, there are {}", self.len()),
+                )
+            })?
+            .1;
+        let runs = (0..20)
             .map(|_| {
                 let mut pick: Vec<usize> = (0..chars.len()).collect();
                 pick.shuffle(&mut rng);
@@ -119,7 +128,8 @@ impl Background {
                     test: batch(&test, (0..ways).collect()),
                 }
             })
-            .collect()
+            .collect();
+        Ok(runs)
     }
 }
 

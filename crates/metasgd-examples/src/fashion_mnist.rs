@@ -1,6 +1,6 @@
 //! What the Fashion-MNIST examples of the framework adapters share
-//! (`crates/metasgd-candle/examples/fashion_mnist.rs` and
-//! `crates/metasgd-burn/examples/fashion_mnist.rs`): the flags, the IDX
+//! (`crates/metasgd-candle/examples/fashion_mnist_candle.rs` and
+//! `crates/metasgd-burn/examples/fashion_mnist_burn.rs`): the flags, the IDX
 //! reader, the batch order, the curves, the plot and the summary lines.
 
 use std::io::Read;

@@ -11,9 +11,9 @@
 //!
 //! ```text
 //! apt-get install dataset-fashion-mnist          # the four *-ubyte.gz files
-//! cargo run --release -p metasgd-burn --example fashion_mnist
-//! cargo run --release -p metasgd-burn --example fashion_mnist -- --smoke   # CI
-//! cargo run --release -p metasgd-burn --example fashion_mnist -- --robustness
+//! cargo run --release -p metasgd-burn --example fashion_mnist_burn
+//! cargo run --release -p metasgd-burn --example fashion_mnist_burn -- --smoke   # CI
+//! cargo run --release -p metasgd-burn --example fashion_mnist_burn -- --robustness
 //! ```
 //!
 //! The last line is machine-readable:

@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! apt-get install dataset-fashion-mnist          # the four *-ubyte.gz files
-//! cargo run --release -p metasgd-candle --example fashion_mnist
-//! cargo run --release -p metasgd-candle --example fashion_mnist -- --smoke   # CI
+//! cargo run --release -p metasgd-candle --example fashion_mnist_candle
+//! cargo run --release -p metasgd-candle --example fashion_mnist_candle -- --smoke   # CI
 //! ```
 //!
 //! The last line is machine-readable:

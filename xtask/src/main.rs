@@ -114,6 +114,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Builds `example` of `package` in release mode (without the caller's
+/// `RUSTFLAGS`, so that a flag set for another job never changes what is
+/// measured) and returns the binary's path.
+fn build_release_example(package: &str, example: &str) -> Result<PathBuf, String> {
+    let root = project_root();
+    let target = target_dir(&root)?;
+    println!("[xtask] building {package}'s {example} example (release)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .env_remove("RUSTFLAGS")
+        .args(["build", "--release", "-p", package, "--example", example])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the {example} example failed: {status}"));
+    }
+    Ok(target
+        .join("release")
+        .join("examples")
+        .join(format!("{example}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// The value of `key=` in a line of `key=value` fields.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// The median of `v` (sorted in place; the upper one of an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// The workspace root (this crate lives in `<root>/xtask`).
 fn project_root() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

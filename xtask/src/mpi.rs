@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{project_root, target_dir};
+use crate::{field, median, project_root, target_dir};
 
 const INSTALL: &str =
     "install MPI and libclang first: apt-get install libopenmpi-dev openmpi-bin libclang-dev";
@@ -113,12 +113,6 @@ fn mismatches(line: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The value of `key=` in a line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
 /// The Omniglot example under MPI: its smoke set-up (12 meta-iterations
 /// on the real data) on 1, 2 and 3 ranks gives the same parameters, and a
 /// 2-rank run whose rank 0 dies in the middle of its second save (the file
@@ -208,10 +202,6 @@ pub(crate) fn meta_speed() -> Result<(), String> {
             );
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (s1, s2) = (median(&mut two), median(&mut one));
     println!(
         "meta_mpi_speed ranks2x1={s1:.3} process1x2={s2:.3} ratio={:.3} bytes_per_rank={bytes}",

@@ -9,20 +9,19 @@
 
 use std::process::Command;
 
-use crate::{project_root, target_dir};
+use crate::{build_release_example, field, median, project_root};
 
 /// The ratio the issue asks for: PyTorch's time at least twice ours.
 const TARGET: f64 = 2.0;
 
 /// The value of `median_s_per_it=` in a run's last line.
 fn median_of(out: &[u8]) -> Option<f64> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .last()?
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("median_s_per_it="))?
-        .parse()
-        .ok()
+    field(
+        String::from_utf8_lossy(out).lines().last()?,
+        "median_s_per_it",
+    )?
+    .parse()
+    .ok()
 }
 
 fn run(cmd: &mut Command) -> Result<f64, String> {
@@ -39,36 +38,9 @@ fn run(cmd: &mut Command) -> Result<f64, String> {
     median_of(&out.stdout).ok_or_else(|| format!("{cmd:?} printed no median_s_per_it="))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub(crate) fn run_all(python: &str, alternations: usize, quick: bool) -> Result<(), String> {
+    let ours = build_release_example("metasgd-meta", "omniglot_speed")?;
     let root = project_root();
-    let target = target_dir(&root)?;
-    println!("[xtask] building metasgd-meta's omniglot_speed example (release)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .env_remove("RUSTFLAGS")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "metasgd-meta",
-            "--example",
-            "omniglot_speed",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building omniglot_speed failed: {status}"));
-    }
-    let ours = target
-        .join("release")
-        .join("examples")
-        .join(format!("omniglot_speed{}", std::env::consts::EXE_SUFFIX));
     let script = root.join("../shared/peers/torch_omniglot_speed.py");
     let torch = script.exists()
         && Command::new(python)

@@ -298,7 +298,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         bar.suspend(|| common::keep_best(&mut best_sgd, lr, curve));
     }
-    let sgd_best = best_sgd.as_ref().map_or(f64::NAN, Curve::last);
 
     // The hypergradient rule from its default base rate, then the table's runs.
     let default_rule = (Rule::hypergradient(), args.hypergradient_lr);
@@ -322,23 +321,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         done.push((t, curve.last()));
     }
     bar.finish_and_clear();
-    let mains = [
-        hypergradient.last(),
-        reference.last(),
-        sgd_best,
-        adamw.last(),
-    ];
-    let robustness = common::robustness_line(&args, done, mains);
-
-    let mut curves = vec![reference, adamw];
-    curves.extend(best_sgd);
-    curves.push(hypergradient);
+    let mains = common::Mains {
+        reference,
+        adamw,
+        best_sgd,
+        hypergradient,
+    };
     let svg = args.out.join("fashion-mnist-burn.svg");
-    common::plot(
-        &svg,
-        "Fashion-MNIST, small CNN in burn (Flex): test accuracy",
-        &curves,
-    )?;
+    let title = "Fashion-MNIST, small CNN in burn (Flex): test accuracy";
+    let (curves, robustness) = common::conclude(&args, done, mains, &svg, title)?;
     println!(
         "wrote {}, {} and {}; {:.0} s",
         svg.display(),

@@ -392,7 +392,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         train(&run, &net, &mut sgd, 0..epochs, Some(&mut curve), |_, _| {})?;
         bar.suspend(|| common::keep_best(&mut best_sgd, lr, curve));
     }
-    let sgd_best = best_sgd.as_ref().map_or(f64::NAN, Curve::last);
 
     // The hypergradient rule from its default base rate (and how its rates
     // spread), then the table's runs.
@@ -421,23 +420,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         done.push((t, curve.last()));
     }
     bar.finish_and_clear();
-    let mains = [
-        hypergradient.last(),
-        reference.last(),
-        sgd_best,
-        adamw.last(),
-    ];
-    let robustness = common::robustness_line(&args, done, mains);
-
-    let mut curves = vec![reference, adamw];
-    curves.extend(best_sgd);
-    curves.push(hypergradient);
+    let mains = common::Mains {
+        reference,
+        adamw,
+        best_sgd,
+        hypergradient,
+    };
     let svg = args.out.join("fashion-mnist-candle.svg");
-    common::plot(
-        &svg,
-        "Fashion-MNIST, small CNN in candle: test accuracy",
-        &curves,
-    )?;
+    let title = "Fashion-MNIST, small CNN in candle: test accuracy";
+    let (curves, robustness) = common::conclude(&args, done, mains, &svg, title)?;
     let rates_svg = args.out.join("fashion-mnist-candle-rates.svg");
     let layers: Vec<String> = init.iter().map(|(n, _)| n.clone()).collect();
     let title = format!(

@@ -317,6 +317,43 @@ pub fn robustness_line(
     Some(line + &format!(" sgd_best={sgd_best:.4} adamw={adamw:.4}"))
 }
 
+/// The main runs of a Fashion-MNIST example.
+pub struct Mains {
+    /// MetaSGD under the reference rule.
+    pub reference: Curve,
+    /// The framework's AdamW.
+    pub adamw: Curve,
+    /// The best SGD of the grid (none if the grid was empty).
+    pub best_sgd: Option<Curve>,
+    /// MetaSGD under the hypergradient rule.
+    pub hypergradient: Curve,
+}
+
+/// The base-rate table's line (from the table's runs `done`, under
+/// `--robustness`) and the accuracy plot at `svg`; returns the curves in
+/// the order [`report`] reads them, and the line.
+pub fn conclude(
+    args: &Common,
+    done: Vec<(TableRun, f64)>,
+    mains: Mains,
+    svg: &Path,
+    title: &str,
+) -> Result<(Vec<Curve>, Option<String>), Box<dyn std::error::Error>> {
+    let sgd_best = mains.best_sgd.as_ref().map_or(f64::NAN, Curve::last);
+    let finals = [
+        mains.hypergradient.last(),
+        mains.reference.last(),
+        sgd_best,
+        mains.adamw.last(),
+    ];
+    let robustness = robustness_line(args, done, finals);
+    let mut curves = vec![mains.reference, mains.adamw];
+    curves.extend(mains.best_sgd);
+    curves.push(mains.hypergradient);
+    plot(svg, title, &curves)?;
+    Ok((curves, robustness))
+}
+
 /// Test accuracy against epochs, one line (with a dot per evaluation) per curve.
 pub fn plot(path: &Path, title: &str, curves: &[Curve]) -> Result<(), Box<dyn std::error::Error>> {
     let series: Vec<Series> = curves

@@ -242,26 +242,3 @@ fn chunk_boundaries_and_thread_counts() {
         assert_eq!(run(threads), want, "{threads} threads");
     }
 }
-
-/// Past the prefetch floor (four streams over 32 MiB) the loop prefetches:
-/// the same bits.
-#[test]
-fn large_calls_take_the_prefetching_loop() {
-    let c = filled_case::<f32>(3 << 20, 21);
-    let cfg = config(factors(1.05, 0.9, 0.9), 1);
-    let want = reference(&c, &cfg);
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    for (name, run) in runners::<f32>() {
-        let (mut t, mut a, mut p) = (c.0.clone(), c.2.clone(), c.3.clone());
-        one.install(|| {
-            run(
-                Update::new(Theta::InPlace(&mut t), &mut a, &c.1).with_prev(&mut p),
-                &cfg,
-            )
-        });
-        assert!([bits(&t), bits(&a), bits(&p)] == want, "{name}");
-    }
-}

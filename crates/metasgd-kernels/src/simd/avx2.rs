@@ -122,12 +122,6 @@ macro_rules! avx_pack {
                 unsafe { _mm_sfence() }
             }
             #[inline(always)]
-            fn prefetch(p: *const $a) {
-                // SAFETY: see the note above the macro. A prefetch is a hint:
-                // it never faults and reads nothing, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
-            }
-            #[inline(always)]
             fn add(self, o: Self) -> Self {
                 // SAFETY: see the note above the macro.
                 $pack(unsafe { $add(self.0, o.0) })

@@ -27,23 +27,25 @@ use crate::{Config, Element, scalar};
 /// additions (they add to a rounded value; no identity holds). The theta
 /// chain is the spec's, untouched. `tests/agree.rs` checks every kernel
 /// against the scalar reference bit for bit, signed zeros included.
+///
+/// `SCALED` says whether the config has a gradient scale other than 1: the
+/// test is made once per call, not once per pack.
 #[derive(Clone, Copy)]
-pub(crate) struct MetaSgd<A, const K: usize> {
+pub(crate) struct MetaSgd<A, const K: usize, const SCALED: bool> {
     pub(crate) cfg: Config<A>,
     /// 1, hidden from the optimiser (see [`Pack::add_on_fma`]).
     pub(crate) one: A,
 }
 
-impl<A: Element, const K: usize> Lanewise<A> for MetaSgd<A, K> {
+impl<A: Element, const K: usize, const SCALED: bool> Lanewise<A> for MetaSgd<A, K, SCALED> {
     #[inline(always)]
     fn packs<P: Pack<A>>(self, tok: P::Token, theta: P, g: P, alpha: P) -> (P, P) {
         let steps = if K == 0 { self.cfg.inner_steps() } else { K };
         let two = A::one() + A::one();
-        let scale = self.cfg.grad_scale();
-        let g = if scale == A::one() {
-            g
+        let g = if SCALED {
+            g.mul(P::splat(tok, self.cfg.grad_scale()))
         } else {
-            g.mul(P::splat(tok, scale))
+            g
         };
         let d = alpha.mul(g);
         let mut t = theta;
@@ -71,47 +73,54 @@ impl<A: Element, const K: usize> Lanewise<A> for MetaSgd<A, K> {
 }
 
 /// Calls `$run(op)` with the [`MetaSgd`] op for `$cfg`, `K` a compile-time
-/// constant for 1..=8 (the chains become straight-line code).
+/// constant for 1..=8 (the chains become straight-line code) when the
+/// gradient is read unscaled; with a gradient scale (clipping), one form
+/// with `K` read from the config.
 macro_rules! with_metasgd {
     ($cfg:expr, |$op:ident| $run:expr) => {{
         use $crate::simd::metasgd::MetaSgd;
         let cfg = $cfg;
         let one = core::hint::black_box(num_traits::One::one());
-        match cfg.inner_steps() {
+        let scaled = cfg.grad_scale() != num_traits::One::one();
+        match if scaled { 0 } else { cfg.inner_steps() } {
             1 => {
-                let $op = MetaSgd::<_, 1> { cfg, one };
+                let $op = MetaSgd::<_, 1, false> { cfg, one };
                 $run
             }
             2 => {
-                let $op = MetaSgd::<_, 2> { cfg, one };
+                let $op = MetaSgd::<_, 2, false> { cfg, one };
                 $run
             }
             3 => {
-                let $op = MetaSgd::<_, 3> { cfg, one };
+                let $op = MetaSgd::<_, 3, false> { cfg, one };
                 $run
             }
             4 => {
-                let $op = MetaSgd::<_, 4> { cfg, one };
+                let $op = MetaSgd::<_, 4, false> { cfg, one };
                 $run
             }
             5 => {
-                let $op = MetaSgd::<_, 5> { cfg, one };
+                let $op = MetaSgd::<_, 5, false> { cfg, one };
                 $run
             }
             6 => {
-                let $op = MetaSgd::<_, 6> { cfg, one };
+                let $op = MetaSgd::<_, 6, false> { cfg, one };
                 $run
             }
             7 => {
-                let $op = MetaSgd::<_, 7> { cfg, one };
+                let $op = MetaSgd::<_, 7, false> { cfg, one };
                 $run
             }
             8 => {
-                let $op = MetaSgd::<_, 8> { cfg, one };
+                let $op = MetaSgd::<_, 8, false> { cfg, one };
+                $run
+            }
+            _ if scaled => {
+                let $op = MetaSgd::<_, 0, true> { cfg, one };
                 $run
             }
             _ => {
-                let $op = MetaSgd::<_, 0> { cfg, one };
+                let $op = MetaSgd::<_, 0, false> { cfg, one };
                 $run
             }
         }

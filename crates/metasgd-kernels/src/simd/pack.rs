@@ -38,10 +38,6 @@ pub trait Pack<A>: Copy {
     fn store_stream(self, s: &mut [MaybeUninit<A>]) {
         self.store_uninit(s)
     }
-    /// Asks the cache to fetch the line holding `p` (a hint: never faults,
-    /// any address allowed). Does nothing where the pack has no such instruction.
-    #[inline(always)]
-    fn prefetch(_p: *const A) {}
     /// Orders the streaming stores made so far before later stores (they
     /// are weakly ordered): run after a loop that used [`Self::store_stream`],
     /// before anyone (another thread, after a join) reads the output.

@@ -1,7 +1,6 @@
 //! The loop every SIMD kernel runs: an element-wise operation ([`Lanewise`])
 //! over packs of lanes, two packs (one 64-byte line of each stream) at a
-//! time, with software prefetch on large inputs, and the scalar form of the
-//! same operation on the last few elements.
+//! time, and the scalar form of the same operation on the last few elements.
 
 use super::pack::{Pack, STREAM_ALIGN};
 use crate::{Element, Theta, Update};
@@ -15,24 +14,15 @@ pub(crate) trait Lanewise<A: Element>: Copy {
     fn scalar(self, theta: A, g: A, alpha: A) -> (A, A);
 }
 
-/// How far ahead of the loop the three input streams are prefetched.
-///
-/// On the 2-core Zen 5 machine (`kernel-compare table --sizes 20,24
-/// --rows-only`, this constant against no prefetch at all) it is within
-/// the run-to-run noise at 16M elements (f32, 1 thread: 0.339 against
-/// 0.354 ns/element), where the hardware prefetchers already keep up; it is
-/// kept for cores whose prefetchers fall behind the loop.
-pub(crate) const PREFETCH_BYTES: usize = 2048;
-
-/// Calls smaller than this (all streams together: the 32 MiB L3 of the
-/// machines we measure on) run the loop without prefetch: their data comes
-/// from cache, where a prefetch only costs instructions. Measured with
-/// `kernel-compare table --sizes 20,24 --rows-only`: prefetching every call
-/// made f32 at 1M elements on 2 threads drop from 0.86 to 0.69 of the
-/// roofline; a 1 MiB floor instead of this one gave 1M f64 0.78-0.80 (1
-/// thread) and 0.78-0.83 (2 threads) against 0.76-0.82 and 0.87 here, with
-/// 16M (always prefetched) unchanged.
-const PREFETCH_MIN_BYTES: usize = 32 << 20;
+// No software prefetch: the hardware prefetchers feed these streams. On the
+// 2-core Zen 5 machines (2026-12-07, a prefetch 1, 2, 4 or 8 KB ahead
+// against none, interleaved in one process, 4 runs at 16M elements) the
+// 2 KB prefetch of earlier versions made f64 10-15% slower on 1 and 2
+// threads (1.89-1.99 against 1.67-1.85 ns/element on 1 thread) and f32
+// 0-3% faster; longer distances were slower for both, and on the machine
+// before it measured within noise (0.339 against 0.354 ns/element, f32).
+// A prefetch that misses holds one of the core's few L1 miss buffers for a
+// whole memory latency, which the L2 streamer would otherwise use.
 
 /// Runs `op` over `u`: packs of `P`, then the scalar form on the tail.
 #[inline(always)]
@@ -51,11 +41,7 @@ pub(crate) fn sweep<A: Element, P: Pack<A>, O: Lanewise<A>>(
     } else {
         u
     };
-    if 3 * u.len() * size_of::<A>() >= PREFETCH_MIN_BYTES {
-        packs::<A, P, O, true>(tok, u, op, streaming);
-    } else {
-        packs::<A, P, O, false>(tok, u, op, streaming);
-    }
+    packs::<A, P, O>(tok, u, op, streaming);
 }
 
 /// The scalar form of `op` over every element.
@@ -91,15 +77,8 @@ fn unaligned_head<A>(u: &Update<'_, A>) -> usize {
     }
 }
 
-/// Prefetches the line `PREFETCH_BYTES` ahead of `s` (a hint: the address
-/// may lie past the end of the slice; nothing is read there).
 #[inline(always)]
-fn ahead<A: Element, P: Pack<A>>(s: &[A]) {
-    P::prefetch(s.as_ptr().wrapping_add(PREFETCH_BYTES / size_of::<A>()));
-}
-
-#[inline(always)]
-fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
+fn packs<A: Element, P: Pack<A>, O: Lanewise<A>>(
     tok: P::Token,
     u: Update<'_, A>,
     op: O,
@@ -134,11 +113,6 @@ fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
                 .zip(a2.chunks_exact_mut(line))
                 .zip(g2.chunks_exact(line))
             {
-                if PREFETCH {
-                    ahead::<A, P>(t);
-                    ahead::<A, P>(g);
-                    ahead::<A, P>(a);
-                }
                 let (nt0, na0) = load3::<A, P, O>(tok, op, t, g, a);
                 let (nt1, na1) = load3::<A, P, O>(tok, op, &t[lanes..], &g[lanes..], &a[lanes..]);
                 nt0.store(t);
@@ -158,11 +132,6 @@ fn packs<A: Element, P: Pack<A>, O: Lanewise<A>, const PREFETCH: bool>(
                 .zip(alpha.chunks_exact_mut(lanes))
                 .zip(grad.chunks_exact(lanes))
             {
-                if PREFETCH {
-                    ahead::<A, P>(s);
-                    ahead::<A, P>(g);
-                    ahead::<A, P>(a);
-                }
                 let (nt, na) = load3::<A, P, O>(tok, op, s, g, a);
                 if streaming {
                     nt.store_stream(d);
@@ -203,11 +172,7 @@ pub(crate) fn sweep_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
     } else {
         u
     };
-    if 4 * u.len() * size_of::<A>() >= PREFETCH_MIN_BYTES {
-        packs_prev::<A, P, O, true>(tok, u, op, streaming);
-    } else {
-        packs_prev::<A, P, O, false>(tok, u, op, streaming);
-    }
+    packs_prev::<A, P, O>(tok, u, op, streaming);
 }
 
 /// The scalar form of `op` over every element of `u` (which carries `prev`).
@@ -238,7 +203,7 @@ pub(crate) fn scalar_prev<A: Element, O: LanewisePrev<A>>(u: Update<'_, A>, op: 
 }
 
 #[inline(always)]
-fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
+fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
     tok: P::Token,
     u: Update<'_, A>,
     op: O,
@@ -261,17 +226,12 @@ fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
     // A function, not a closure: a closure would be compiled without the
     // caller's `#[target_feature]`, and the intrinsics would not inline.
     #[inline(always)]
-    fn one<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
+    fn one<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
         tok: P::Token,
         op: O,
         t: &[A],
         (a, g, p): (&mut [A], &[A], &mut [A]),
     ) -> P {
-        if PREFETCH {
-            for s in [t, g, a, p] {
-                ahead::<A, P>(s);
-            }
-        }
         let (t, g) = (P::load(tok, t), P::load(tok, g));
         let (nt, na, np) = op.packs(tok, t, g, P::load(tok, a), P::load(tok, p));
         na.store(a);
@@ -281,13 +241,13 @@ fn packs_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>, const PREFETCH: bool>(
     match theta {
         Theta::InPlace(theta) => {
             for (t, ((a, g), p)) in theta.chunks_exact_mut(lanes).zip(state) {
-                one::<A, P, O, PREFETCH>(tok, op, t, (a, g, p)).store(t);
+                one::<A, P, O>(tok, op, t, (a, g, p)).store(t);
             }
         }
         Theta::Into { src, dst } => {
             let theta = src.chunks_exact(lanes).zip(dst.chunks_exact_mut(lanes));
             for ((s, d), ((a, g), p)) in theta.zip(state) {
-                let nt = one::<A, P, O, PREFETCH>(tok, op, s, (a, g, p));
+                let nt = one::<A, P, O>(tok, op, s, (a, g, p));
                 if streaming {
                     nt.store_stream(d);
                 } else {

@@ -81,6 +81,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+mod module;
+pub use module::ModuleMetaSGD;
+
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::module::{Module, ModuleVisitor, Param};
@@ -115,9 +118,19 @@ pub enum Error {
         #[source]
         source: metasgd_core::Error,
     },
+    /// A record could not be written or read ([`ModuleMetaSGD::to_record`],
+    /// [`ModuleMetaSGD::load_record`]).
+    #[error("metasgd: optimizer record: {0}")]
+    Record(String),
     /// More errors happened than [`MAX_KEPT_ERRORS`]; this many were dropped.
     #[error("metasgd: {0} more errors were not kept")]
     Dropped(usize),
+}
+
+impl Error {
+    fn record(e: impl std::fmt::Display) -> Self {
+        Error::Record(e.to_string())
+    }
 }
 
 /// A parameter step that could not run: the parameter and its state as
@@ -642,6 +655,7 @@ impl<const D: usize> RecordState for MetaSGDState<D> {
 
 /// A tensor's values lent to the kernels: the Flex primitive itself (in
 /// place), or its data on the host (the data route of other backends).
+#[derive(Debug)]
 enum Lent {
     Flex(FlexTensor),
     Data(TensorData),
@@ -685,6 +699,14 @@ impl Lent {
             }
             Lent::Flex(_) => None,
             Lent::Data(d) => d.as_mut_slice::<A>().ok(),
+        }
+    }
+
+    /// A copy of the values, for a record.
+    fn to_data(&self) -> TensorData {
+        match self {
+            Lent::Flex(p) => p.clone().into_data(),
+            Lent::Data(d) => d.clone(),
         }
     }
 

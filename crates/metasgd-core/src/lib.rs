@@ -25,6 +25,7 @@ pub use config::{MAX_COUNT, MAX_INNER_STEPS, MetaSGDConfig, Rule, rescale_rates,
 pub use error::{Error, OptimError, Result, StateMismatch};
 pub use metasgd::MetaSGD;
 pub use optimizer::Optimizer;
+pub use slices::{SlicePlan, SliceStep};
 
 pub use metasgd_kernels as kernels;
 pub use ndarray;

@@ -73,61 +73,174 @@ impl<A: Element> MetaSGDConfig<A> {
         prev: Option<&mut [A]>,
         grad: &[A],
     ) -> Result<Verdict> {
+        self.step_slice_list(&mut [SliceStep {
+            theta,
+            alpha,
+            prev,
+            grad,
+        }])
+    }
+
+    /// One step of several flat tensors whose rates (and rule state) the
+    /// caller keeps, in one multi-tensor pass: what a framework that lends
+    /// every parameter's buffer at once runs (burn's `ModuleMetaSGD`). The
+    /// bits are those of [`MetaSGD::step_list_inplace`](crate::MetaSGD) with
+    /// `tensors[j].alpha` as slot `j`: the settings checked, every length
+    /// checked, the non-finite policy applied to all gradients together
+    /// (slot `j` names the tensor), `max_grad_norm` clipping by the norm of
+    /// all of them (squared norms added in list order), and the kernel the
+    /// backend picks for the total element count. An error changes nothing.
+    ///
+    /// ```
+    /// use metasgd_core::{MetaSGDConfig, SliceStep, Verdict};
+    ///
+    /// let config = MetaSGDConfig::new(0.1_f32).with_inner_steps(1);
+    /// let (mut w, mut w_rates) = (vec![1.0_f32, 2.0], vec![0.1_f32; 2]);
+    /// let (mut b, mut b_rates) = (vec![0.5_f32], vec![0.1_f32]);
+    /// let mut list = [
+    ///     SliceStep { theta: &mut w, alpha: &mut w_rates, prev: None, grad: &[1.0, -1.0] },
+    ///     SliceStep { theta: &mut b, alpha: &mut b_rates, prev: None, grad: &[2.0] },
+    /// ];
+    /// assert_eq!(config.step_slice_list(&mut list)?, Verdict::Step);
+    /// assert_eq!((w[0], b[0]), (1.0 - 0.1, 0.5 - 0.1 * 2.0));
+    /// # Ok::<(), metasgd_core::Error>(())
+    /// ```
+    pub fn step_slice_list(&self, tensors: &mut [SliceStep<'_, A>]) -> Result<Verdict> {
+        let plan = self.plan_slice_list(tensors)?;
+        self.run_slice_list(plan, tensors)
+    }
+
+    /// Everything [`Self::step_slice_list`] checks and decides, without
+    /// changing anything: the settings, the lengths, the non-finite policy
+    /// and the clipping scale. A caller that steps several lists (groups of
+    /// settings, dtypes) plans them all first, so that a refusal of any
+    /// leaves every list as it was, then runs each with
+    /// [`Self::run_slice_list`].
+    pub fn plan_slice_list(&self, tensors: &[SliceStep<'_, A>]) -> Result<SlicePlan<A>> {
         self.validate()?;
-        let has_rule_state = matches!(self.rule, Rule::Reference) || prev.is_some();
-        if !has_rule_state {
-            return Err(Error::InvalidHyperparameter {
-                name: "rule",
-                value: f64::NAN,
-                requirement: "the hypergradient rule keeps the previous gradient: step_slices_with_prev",
-            });
+        let mut total = 0usize;
+        for (slot, t) in tensors.iter().enumerate() {
+            self.check_slice(slot, t)?;
+            total += t.theta.len();
         }
-        if let Some(p) = prev.as_deref()
-            && p.len() != theta.len()
-        {
-            return Err(Error::StateMismatch(StateMismatch::Shape {
-                slot: 0,
-                state: vec![p.len()],
-                params: vec![theta.len()],
-            }));
-        }
-        if theta.len() != grad.len() {
-            return Err(Error::ShapeMismatch {
-                slot: 0,
-                params: vec![theta.len()],
-                gradients: vec![grad.len()],
-            });
-        }
-        if alpha.len() != theta.len() {
-            return Err(Error::StateMismatch(StateMismatch::Shape {
-                slot: 0,
-                state: vec![alpha.len()],
-                params: vec![theta.len()],
-            }));
-        }
-        let verdict = self
-            .non_finite
-            .verdict(|| metasgd_kernels::scalar::first_non_finite(grad).map(|i| (0, i)))?;
+        let verdict = self.non_finite.verdict(|| {
+            tensors.iter().enumerate().find_map(|(j, t)| {
+                metasgd_kernels::scalar::first_non_finite(t.grad).map(|i| (j, i))
+            })
+        })?;
         if verdict == Verdict::Skip {
-            return Ok(verdict);
+            return Ok(SlicePlan { run: None });
         }
-        let kernel = self.backend.kernel(theta.len());
+        let kernel = self.backend.kernel(total);
         let scale = match self.max_grad_norm {
             None => A::one(),
             Some(_) => {
-                let squared = metasgd_kernels::norm::squared_norm(kernel, grad);
+                let squared = tensors.iter().fold(A::ZERO, |s, t| {
+                    s + metasgd_kernels::norm::squared_norm(kernel, t.grad)
+                });
                 match self.clip_scale(squared)? {
                     Some(s) => s,
-                    None => return Ok(Verdict::Skip),
+                    None => return Ok(SlicePlan { run: None }),
                 }
             }
         };
-        let update = Update::new(Theta::InPlace(theta), alpha, grad);
-        let update = match (prev, self.rule) {
-            (Some(p), Rule::Hypergradient { .. }) => update.with_prev(p),
-            _ => update,
-        };
-        metasgd_kernels::step(kernel, update, &self.kernel_config().with_grad_scale(scale));
-        Ok(verdict)
+        Ok(SlicePlan {
+            run: Some((kernel, scale)),
+        })
     }
+
+    /// Runs what [`Self::plan_slice_list`] decided for `tensors` (the same
+    /// list: lengths are checked again, an error changes nothing).
+    pub fn run_slice_list(
+        &self,
+        plan: SlicePlan<A>,
+        tensors: &mut [SliceStep<'_, A>],
+    ) -> Result<Verdict> {
+        for (slot, t) in tensors.iter().enumerate() {
+            self.check_slice(slot, t)?;
+        }
+        let Some((kernel, scale)) = plan.run else {
+            return Ok(Verdict::Skip);
+        };
+        let hypergradient = matches!(self.rule, Rule::Hypergradient { .. });
+        let updates = tensors.iter_mut().map(|t| {
+            let update = Update::new(Theta::InPlace(&mut *t.theta), &mut *t.alpha, t.grad);
+            match (t.prev.as_deref_mut(), hypergradient) {
+                (Some(p), true) => update.with_prev(p),
+                _ => update,
+            }
+        });
+        metasgd_kernels::step_many(
+            kernel,
+            updates,
+            &self.kernel_config().with_grad_scale(scale),
+        );
+        Ok(Verdict::Step)
+    }
+
+    /// The lengths of one tensor of a list, and the rule's state.
+    fn check_slice(&self, slot: usize, t: &SliceStep<'_, A>) -> Result<()> {
+        let n = t.theta.len();
+        if t.prev.is_none() && !matches!(self.rule, Rule::Reference) {
+            return Err(Error::InvalidHyperparameter {
+                name: "rule",
+                value: f64::NAN,
+                requirement: "the hypergradient rule keeps the previous gradient: step_slices_with_prev, or prev in step_slice_list",
+            });
+        }
+        let state = |len: usize| StateMismatch::Shape {
+            slot,
+            state: vec![len],
+            params: vec![n],
+        };
+        if let Some(p) = t.prev.as_deref()
+            && p.len() != n
+        {
+            return Err(Error::StateMismatch(state(p.len())));
+        }
+        if t.grad.len() != n {
+            return Err(Error::ShapeMismatch {
+                slot,
+                params: vec![n],
+                gradients: vec![t.grad.len()],
+            });
+        }
+        if t.alpha.len() != n {
+            return Err(Error::StateMismatch(state(t.alpha.len())));
+        }
+        Ok(())
+    }
+}
+
+/// What [`MetaSGDConfig::plan_slice_list`] decided: run (with the kernel
+/// and the clipping scale) or skip.
+#[derive(Clone, Copy, Debug)]
+pub struct SlicePlan<A> {
+    run: Option<(metasgd_kernels::Kernel, A)>,
+}
+
+impl<A> SlicePlan<A> {
+    /// [`Verdict::Skip`] when the non-finite policy skips the step.
+    pub fn verdict(&self) -> Verdict {
+        match self.run {
+            Some(_) => Verdict::Step,
+            None => Verdict::Skip,
+        }
+    }
+}
+
+/// One tensor of [`MetaSGDConfig::step_slice_list`]: the parameter, its
+/// rates, the rule's state (the previous gradient, under
+/// [`Rule::Hypergradient`]; `None` under [`Rule::Reference`]) and its
+/// gradient, all flat and of one length.
+#[derive(Debug)]
+pub struct SliceStep<'a, A> {
+    /// The parameter's values, updated in place.
+    pub theta: &'a mut [A],
+    /// Its learned rates, updated in place.
+    pub alpha: &'a mut [A],
+    /// The rule's state, replaced by the gradient when the step runs.
+    pub prev: Option<&'a mut [A]>,
+    /// The gradient.
+    pub grad: &'a [A],
 }

@@ -743,7 +743,7 @@ impl ModuleMapper for Lend<'_> {
         } else {
             tensor.to_device(&device)
         };
-        let placeholder = Tensor::<D>::empty([0; D], &tensor.device());
+        let placeholder = Tensor::<D>::empty([0; D], &device);
         let context = Context::capture(&tensor);
         let lr = self.lr.lr_from_param(id, Some(&path));
         self.lent.push(Lending {

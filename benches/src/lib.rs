@@ -90,6 +90,8 @@ pub enum Simple {
     Plain,
     /// The same loop compiled for AVX2 (`#[target_feature]`), where the CPU has it.
     PlainAvx2,
+    /// The same loop compiled for AVX-512F, where the CPU has it.
+    PlainAvx512,
     /// A STREAM-style triad with the same traffic: `t = t + s * g; a = a - g`.
     Triad,
 }
@@ -102,6 +104,10 @@ impl Simple {
         if std::is_x86_feature_detected!("avx2") {
             v.push(Simple::PlainAvx2);
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            v.push(Simple::PlainAvx512);
+        }
         v
     }
 
@@ -110,6 +116,7 @@ impl Simple {
         match self {
             Simple::Plain => "plain loop",
             Simple::PlainAvx2 => "plain loop (avx2)",
+            Simple::PlainAvx512 => "plain loop (avx512)",
             Simple::Triad => "stream triad",
         }
     }
@@ -120,6 +127,7 @@ impl Simple {
         let body = |t: &mut [A], a: &mut [A], g: &[A]| match self {
             Simple::Plain => plain(t, a, g),
             Simple::PlainAvx2 => plain_avx2(t, a, g),
+            Simple::PlainAvx512 => plain_avx512(t, a, g),
             Simple::Triad => triad(t, a, g),
         };
         if threads <= 1 {
@@ -152,6 +160,21 @@ fn plain_avx2<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
         }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { inner(theta, alpha, grad) };
+        }
+    }
+    plain(theta, alpha, grad)
+}
+
+fn plain_avx512<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn inner<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+            plain(theta, alpha, grad)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
             return unsafe { inner(theta, alpha, grad) };
         }
     }

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{plot, project_root, target_dir};
+use crate::{field, plot, project_root, target_dir};
 
 /// Alternating runs of each build in the in-cache comparison.
 const INCACHE_ROUNDS: usize = 3;
 
-pub(crate) fn run(quick: bool) -> Result<(), String> {
+pub(crate) fn run(quick: bool, torch: Option<&str>) -> Result<(), String> {
     let root = project_root();
     let target = target_dir(&root)?;
     let out = target.join("xtask-bench");
@@ -42,6 +42,12 @@ pub(crate) fn run(quick: bool) -> Result<(), String> {
 
     if let Some(native_bin) = native_bin {
         incache(&default_bin, &native_bin, &out)?;
+    }
+    match torch {
+        Some(python) => torch_compare(&default_bin, python, quick, &out)?,
+        None => println!(
+            "\n[xtask] PyTorch (torch.compile) not compared: `cargo xtask bench --torch ENV/bin/python` adds it"
+        ),
     }
 
     let svg = out.join("throughput.svg");
@@ -203,5 +209,122 @@ fn incache(default_bin: &Path, native_bin: &Path, out: &Path) -> Result<(), Stri
         if worst >= 0.90 { "met" } else { "MISSED" }
     );
     let path = out.join("incache.csv");
+    std::fs::write(&path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Alternating runs of (ours, PyTorch) in the torch.compile comparison.
+const TORCH_ALTERNATIONS: usize = 3;
+
+/// `(type, size, threads) -> ns per element`.
+type Rows = BTreeMap<(String, usize, usize), f64>;
+
+/// The step's rows (ns per element) of one `kernel-compare table --rows-only` run.
+fn our_rows(bin: &Path, quick: bool) -> Result<Rows, String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["table", "--rows-only", "--sizes", "20,24"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} table failed", bin.display()));
+    }
+    let mut rows = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [ty @ ("f32" | "f64"), size, threads, ns, ..] = f[..] {
+            let n = match size.strip_suffix('M') {
+                Some(m) => m.parse::<usize>().map(|m| m << 20),
+                None => size.parse(),
+            };
+            if let (Ok(n), Ok(t), Ok(ns)) = (n, threads.parse(), ns.parse()) {
+                rows.insert((ty.to_string(), n, t), ns);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The rows of one run of the PyTorch peer (`benches/peers/torch_update.py`).
+fn torch_rows(python: &str, quick: bool) -> Result<Rows, String> {
+    let script = project_root().join("benches/peers/torch_update.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script);
+    if quick {
+        cmd.args(["--rounds", "3", "--batch-ms", "2"]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{python} {} failed (is torch installed?): {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    let mut rows = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let parsed = (
+            field(line, "dtype"),
+            field(line, "n").and_then(|v| v.parse().ok()),
+            field(line, "threads").and_then(|v| v.parse().ok()),
+            field(line, "ns_per_element").and_then(|v| v.parse().ok()),
+        );
+        if let (Some(ty), Some(n), Some(t), Some(ns)) = parsed {
+            rows.insert((ty.to_string(), n, t), ns);
+        }
+    }
+    Ok(rows)
+}
+
+/// Our in-place step against the same update compiled by torch.compile:
+/// 1M and 16M elements, f32 and f64, 1 and 2 threads, medians of
+/// alternating runs; targets >= 1.0x at 16M and >= 1.2x at 1M.
+fn torch_compare(bin: &Path, python: &str, quick: bool, out: &Path) -> Result<(), String> {
+    println!();
+    println!(
+        "[xtask] against PyTorch (torch.compile), in place, K = 5: {TORCH_ALTERNATIONS} alternating runs of each"
+    );
+    let mut samples: BTreeMap<(String, usize, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for round in 0..TORCH_ALTERNATIONS {
+        eprintln!("  .. round {} of {TORCH_ALTERNATIONS}: ours", round + 1);
+        for (k, v) in our_rows(bin, quick)? {
+            samples.entry(k).or_default().0.push(v);
+        }
+        eprintln!("  .. round {} of {TORCH_ALTERNATIONS}: PyTorch", round + 1);
+        for (k, v) in torch_rows(python, quick)? {
+            samples.entry(k).or_default().1.push(v);
+        }
+    }
+    println!(
+        "  {:<5} {:>5} {:>7} {:>12} {:>14} {:>7} {:>8}",
+        "type", "size", "threads", "ours ns/el", "torch ns/el", "ratio", "target"
+    );
+    let mut csv = String::from("dtype,size,threads,ours_ns_per_elem,torch_ns_per_elem,ratio\n");
+    let mut misses = 0;
+    for ((ty, n, t), (mut ours, mut torch)) in samples {
+        if ours.is_empty() || torch.is_empty() {
+            continue;
+        }
+        let (o, p) = (crate::median(&mut ours), crate::median(&mut torch));
+        let ratio = p / o;
+        let want = if n >= 16 << 20 { 1.0 } else { 1.2 };
+        let verdict = if ratio >= want { "met" } else { "MISSED" };
+        misses += usize::from(ratio < want);
+        println!(
+            "  {ty:<5} {:>4}M {t:>7} {o:>12.4} {p:>14.4} {ratio:>6.2}x {:>5} {verdict}",
+            n >> 20,
+            format!(">={want}")
+        );
+        csv.push_str(&format!("{ty},{n},{t},{o:.5},{p:.5},{ratio:.4}\n"));
+    }
+    println!("  (ratio: PyTorch's time over ours; {misses} rows under target)");
+    let path = out.join("torch.csv");
     std::fs::write(&path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -1,7 +1,7 @@
 //! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! ```text
-//! cargo xtask bench [--quick]   kernel comparison; CSV and SVG under target/xtask-bench/
+//! cargo xtask bench [--quick] [--torch PYTHON]  kernel comparison (and torch.compile's); CSV and SVG under target/xtask-bench/
 //! cargo xtask bench --adapters [--quick]  candle and burn adapters against their frameworks; adapters.csv
 //! cargo xtask meta [--quick] ... the sinusoid meta-learning benchmark; CSV and SVGs under target/xtask-meta/
 //! cargo xtask mpi [--elements N] [--steps S]  sharded MetaSGD under mpirun: 1-4 ranks, resharding, a rank killed mid-save; the distributed meta-learner
@@ -42,6 +42,11 @@ enum Task {
         /// SGD and the ndarray path: target/xtask-bench/adapters.csv.
         #[arg(long)]
         adapters: bool,
+        /// Also the same update compiled by torch.compile
+        /// (`benches/peers/torch_update.py`), run by this Python (one with
+        /// torch: a venv's `bin/python`), interleaved: target/xtask-bench/torch.csv.
+        #[arg(long, value_name = "PYTHON")]
+        torch: Option<String>,
     },
     /// The sinusoid meta-learning benchmark (metasgd-meta's `sinusoid`
     /// example): CSV and SVGs under target/xtask-meta/. Every flag goes to
@@ -87,10 +92,12 @@ fn main() -> ExitCode {
         Task::Bench {
             quick,
             adapters: false,
-        } => bench::run(quick),
+            torch,
+        } => bench::run(quick, torch.as_deref()),
         Task::Bench {
             quick,
             adapters: true,
+            ..
         } => bench::adapters(quick),
         Task::Meta { args } => meta::run(&args),
         Task::Mpi {

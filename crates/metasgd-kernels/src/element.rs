@@ -13,6 +13,8 @@ pub(crate) mod sealed {
         /// Lane array that fills one 256-bit register.
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         type Avx2: crate::simd::pack::Pack<Self, Token = crate::simd::avx2::Avx2>;
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        type Avx512: crate::simd::pack::Pack<Self, Token = crate::simd::avx512::Avx512>;
     }
 
     impl Sealed for f32 {
@@ -20,6 +22,8 @@ pub(crate) mod sealed {
         type Wide = wide::f32x8;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         type Avx2 = crate::simd::avx2::F32x8;
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        type Avx512 = crate::simd::avx512::F32x16;
     }
 
     impl Sealed for f64 {
@@ -27,6 +31,8 @@ pub(crate) mod sealed {
         type Wide = wide::f64x4;
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         type Avx2 = crate::simd::avx2::F64x4;
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        type Avx512 = crate::simd::avx512::F64x8;
     }
 }
 

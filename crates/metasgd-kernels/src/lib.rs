@@ -151,6 +151,18 @@ pub fn step_many_portable<'a, A: Element>(
     run_many(Isa::portable(), kernel, updates, cfg)
 }
 
+/// [`step_many`] on the AVX2 loop where the CPU has AVX2 (else the portable
+/// path), whatever else it has, so that tests on an AVX-512 machine also
+/// cover what AVX2-only CPUs run (feature `testing`).
+#[cfg(feature = "testing")]
+pub fn step_many_avx2<'a, A: Element>(
+    kernel: Kernel,
+    updates: impl IntoIterator<Item = Update<'a, A>>,
+    cfg: &Config<A>,
+) {
+    run_many(Isa::avx2_or_portable(), kernel, updates, cfg)
+}
+
 /// The benchmarks' roofline: `theta += g; alpha -= g` (with a previous
 /// gradient, [`Update::with_prev`]: `alpha -= prev; prev = g`) through the same
 /// instruction set, loop, loads, stores and scheduling as [`step_many`]

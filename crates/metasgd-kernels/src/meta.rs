@@ -385,3 +385,13 @@ pub mod portable {
 
     entry_points!(Isa::portable());
 }
+
+/// The same operations on the AVX2 loop where the CPU has AVX2 (else the
+/// portable path), so that tests on an AVX-512 machine also cover what
+/// AVX2-only CPUs run (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod avx2 {
+    use super::*;
+
+    entry_points!(Isa::avx2_or_portable());
+}

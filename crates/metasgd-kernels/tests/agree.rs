@@ -1,14 +1,17 @@
 //! Every kernel against the scalar reference, compared with `to_bits()`.
 
 use metasgd_kernels::par::PAR_CHUNK;
-use metasgd_kernels::{Config, Element, Kernel, Theta, Update, scalar, step, step_many_portable};
+use metasgd_kernels::{
+    Config, Element, Kernel, Theta, Update, scalar, step, step_many_avx2, step_many_portable,
+};
 use proptest::prelude::*;
 
 /// A kernel under test, applied to one tensor.
 type Runner<A> = fn(Update<'_, A>, &Config<A>);
 
-/// Every kernel, on the instruction set this CPU gets (AVX2 here) and on the
-/// portable `wide` path that other targets run.
+/// Every kernel, on the instruction set this CPU gets (AVX-512 or AVX2 on
+/// x86-64), on the AVX2 loop (where the CPU has it) and on the portable
+/// `wide` path that other targets run.
 fn runners<A: Element>() -> Vec<(&'static str, Runner<A>)> {
     vec![
         ("simd", |u, c| step(Kernel::Simd, u, c)),
@@ -18,6 +21,10 @@ fn runners<A: Element>() -> Vec<(&'static str, Runner<A>)> {
         }),
         ("parallel portable", |u, c| {
             step_many_portable(Kernel::Parallel, [u], c)
+        }),
+        ("simd avx2", |u, c| step_many_avx2(Kernel::Simd, [u], c)),
+        ("parallel avx2", |u, c| {
+            step_many_avx2(Kernel::Parallel, [u], c)
         }),
     ]
 }
@@ -265,6 +272,16 @@ fn simd_level_follows_the_cpu() {
     let level = simd_level();
     if !cfg!(feature = "simd") {
         assert_eq!(level, SimdLevel::Scalar);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        let want = if cfg!(target_feature = "avx512f") {
+            SimdLevel::Avx512Compiled
+        } else {
+            SimdLevel::Avx512Runtime
+        };
+        assert_eq!(level, want);
         return;
     }
     #[cfg(target_arch = "x86_64")]

@@ -5,7 +5,8 @@
 
 use metasgd_kernels::par::PAR_CHUNK;
 use metasgd_kernels::{
-    Config, Element, Kernel, RateRule, Theta, Update, scalar, step_many, step_many_portable,
+    Config, Element, Kernel, RateRule, Theta, Update, scalar, step_many, step_many_avx2,
+    step_many_portable,
 };
 use proptest::prelude::*;
 
@@ -21,6 +22,10 @@ fn runners<A: Element>() -> Vec<(&'static str, Runner<A>)> {
         }),
         ("parallel portable", |u, c| {
             step_many_portable(Kernel::Parallel, [u], c)
+        }),
+        ("simd avx2", |u, c| step_many_avx2(Kernel::Simd, [u], c)),
+        ("parallel avx2", |u, c| {
+            step_many_avx2(Kernel::Parallel, [u], c)
         }),
     ]
 }

@@ -74,8 +74,21 @@ fn portable<A: Element>() -> Ops<A> {
     }
 }
 
+/// The AVX2 loop where the CPU has it (what AVX2-only CPUs run).
+fn avx2<A: Element>() -> Ops<A> {
+    Ops {
+        adapt: meta::avx2::adapt,
+        alpha_grad: meta::avx2::alpha_grad,
+        mul: meta::avx2::mul,
+        sub_assign: meta::avx2::sub_assign,
+        adam: meta::avx2::adam,
+        sgd: meta::avx2::sgd,
+    }
+}
+
 fn check<A: Element>(v: &[Vec<A>], t: u32) {
     check_ops(detected(), v, t);
+    check_ops(avx2(), v, t);
     check_ops(portable(), v, t);
 }
 

@@ -2,8 +2,9 @@
 //! and the one dispatch to it.
 //!
 //! [`Isa::detect`] is the only place that asks the CPU. On x86-64 it returns
-//! the AVX2 token wherever the CPU has AVX2 (`avx2.rs`), so a default build
-//! and a `-C target-cpu=native` build run the same loop; `wide` vectors
+//! the AVX-512 token wherever the CPU has AVX-512F (`avx512.rs`), else the
+//! AVX2 token wherever it has AVX2 (`avx2.rs`), so a default build and a
+//! `-C target-cpu=native` build run the same loop; `wide` vectors
 //! (`wide.rs`) serve every other target; without the `simd` feature the
 //! scalar form of each operation runs. Each operation is written once over
 //! packs ([`sweep::Lanewise`]) and every instruction set runs the same loop
@@ -11,6 +12,8 @@
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 pub(crate) mod avx2;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+pub(crate) mod avx512;
 pub(crate) mod hypergradient;
 pub(crate) mod metasgd;
 // Without the `simd` feature only the scalar forms run; the pack loop stays
@@ -109,6 +112,10 @@ pub enum SimdLevel {
     /// The build does not target AVX2 but the CPU has it: the AVX2 loop,
     /// found at run time.
     Avx2Runtime,
+    /// The build targets AVX-512F: the AVX-512 loop, no check needed.
+    Avx512Compiled,
+    /// The CPU has AVX-512F (found at run time): the AVX-512 loop.
+    Avx512Runtime,
 }
 
 impl SimdLevel {
@@ -119,6 +126,8 @@ impl SimdLevel {
             SimdLevel::Wide => "wide (compile-time instruction set)",
             SimdLevel::Avx2Compiled => "avx2 (compiled in)",
             SimdLevel::Avx2Runtime => "avx2 (runtime dispatch)",
+            SimdLevel::Avx512Compiled => "avx512 (compiled in)",
+            SimdLevel::Avx512Runtime => "avx512 (runtime dispatch)",
         }
     }
 }
@@ -141,6 +150,9 @@ pub(crate) enum Isa {
     /// The AVX2 loop; the token proves the CPU has it.
     #[cfg(all(feature = "simd", target_arch = "x86_64"))]
     Avx2(avx2::Avx2),
+    /// The AVX-512 loop; the token proves the CPU has it.
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    Avx512(avx512::Avx512),
 }
 
 impl Isa {
@@ -150,11 +162,21 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            if let Some(tok) = avx2::Avx2::try_new() {
-                return Isa::Avx2(tok);
+            if let Some(tok) = avx512::Avx512::try_new() {
+                return Isa::Avx512(tok);
             }
-            Isa::portable()
+            Isa::avx2_or_portable()
         })
+    }
+
+    /// The AVX2 loop where the CPU has it, else the portable path: what
+    /// runs on a CPU without AVX-512 (the tests run it on every CPU).
+    pub(crate) fn avx2_or_portable() -> Isa {
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        if let Some(tok) = avx2::Avx2::try_new() {
+            return Isa::Avx2(tok);
+        }
+        Isa::portable()
     }
 
     /// The portable path: `wide`, or the scalar form without the `simd` feature.
@@ -178,6 +200,10 @@ impl Isa {
             Isa::Avx2(_) if cfg!(target_feature = "avx2") => SimdLevel::Avx2Compiled,
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
             Isa::Avx2(_) => SimdLevel::Avx2Runtime,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx512(_) if cfg!(target_feature = "avx512f") => SimdLevel::Avx512Compiled,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx512(_) => SimdLevel::Avx512Runtime,
         }
     }
 
@@ -191,6 +217,8 @@ impl Isa {
             Isa::Wide => op.packs::<A::Wide>(()),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
             Isa::Avx2(tok) => tok.dispatch(op),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Isa::Avx512(tok) => tok.dispatch(op),
         }
     }
 

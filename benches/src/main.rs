@@ -383,7 +383,7 @@ fn table(s: &Settings, csv: Option<&str>) {
         kernels::par::PAR_CHUNK
     );
     println!(
-        "medians of {} interleaved rounds; roofline = the fastest of the trivial loops with the update's traffic (theta += g, alpha -= g), all measured in the same rounds: the kernels' own SIMD loop with their prefetch and scheduling (`sweep`), and from 1M elements on also a plain loop, the plain loop compiled for AVX2 and a STREAM-style triad",
+        "medians of {} interleaved rounds; roofline = the fastest of the trivial loops with the update's traffic (theta += g, alpha -= g), all measured in the same rounds: the kernels' own SIMD loop with their alignment and scheduling (`sweep`), and from 1M elements on also a plain loop, the plain loop compiled for AVX2 and for AVX-512 (where the CPU has them) and a STREAM-style triad",
         s.rounds
     );
     println!();

@@ -215,8 +215,11 @@ fn incache(default_bin: &Path, native_bin: &Path, out: &Path) -> Result<(), Stri
 /// Alternating runs of (ours, PyTorch) in the torch.compile comparison.
 const TORCH_ALTERNATIONS: usize = 3;
 
+/// `(type, size, threads)`: one row of the comparison.
+type Row = (String, usize, usize);
+
 /// `(type, size, threads) -> ns per element`.
-type Rows = BTreeMap<(String, usize, usize), f64>;
+type Rows = BTreeMap<Row, f64>;
 
 /// The step's rows (ns per element) of one `kernel-compare table --rows-only` run.
 fn our_rows(bin: &Path, quick: bool) -> Result<Rows, String> {
@@ -291,7 +294,7 @@ fn torch_compare(bin: &Path, python: &str, quick: bool, out: &Path) -> Result<()
     println!(
         "[xtask] against PyTorch (torch.compile), in place, K = 5: {TORCH_ALTERNATIONS} alternating runs of each"
     );
-    let mut samples: BTreeMap<(String, usize, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut samples: BTreeMap<Row, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for round in 0..TORCH_ALTERNATIONS {
         eprintln!("  .. round {} of {TORCH_ALTERNATIONS}: ours", round + 1);
         for (k, v) in our_rows(bin, quick)? {

@@ -2,7 +2,7 @@
 //! over packs of lanes, two packs (one 64-byte line of each stream) at a
 //! time, and the scalar form of the same operation on the last few elements.
 
-use super::pack::{Pack, STREAM_ALIGN};
+use super::pack::Pack;
 use crate::{Element, Theta, Update};
 
 /// An element-wise `(theta, g, alpha) -> (theta', alpha')`, written over
@@ -32,15 +32,15 @@ pub(crate) fn sweep<A: Element, P: Pack<A>, O: Lanewise<A>>(
     op: O,
     streaming: bool,
 ) {
-    let u = if streaming {
-        // Streaming stores want an aligned output: the head goes the scalar way.
-        let head = unaligned_head(&u);
-        let (head, rest) = u.split_at(head);
-        scalar(head, op);
-        rest
+    // The head up to the first 64-byte line of the written stream goes the
+    // scalar way (see `ALIGN_MIN_LEN`).
+    let head = if streaming || u.len() >= ALIGN_MIN_LEN {
+        unaligned_head(&u)
     } else {
-        u
+        0
     };
+    let (head, u) = u.split_at(head);
+    scalar(head, op);
     packs::<A, P, O>(tok, u, op, streaming);
 }
 
@@ -66,15 +66,25 @@ pub(crate) fn scalar<A: Element, O: Lanewise<A>>(u: Update<'_, A>, op: O) {
     }
 }
 
-/// Elements before a `Theta::Into` output reaches [`STREAM_ALIGN`].
+/// Calls of at least this many elements start their packs on a 64-byte
+/// line of theta (of the output for `Theta::Into`), the first few elements
+/// going the scalar way. Arrays from the system allocator start 16 bytes
+/// past a page (glibc's header), so without this every 64-byte AVX-512 load
+/// (every other 32-byte AVX2 one) of all three streams spans two cache
+/// lines. Measured on the 2-core Zen 5 machine (`kernel-compare table
+/// --sizes 20,24`, interleaved runs of this against no alignment): see the
+/// README's Performance section.
+const ALIGN_MIN_LEN: usize = 256;
+
+/// Elements before theta (the output, for `Theta::Into`) reaches a
+/// 64-byte line (which streaming stores need, of 32 or 64 bytes).
 fn unaligned_head<A>(u: &Update<'_, A>) -> usize {
-    match &u.theta {
-        Theta::Into { dst, .. } => {
-            let misaligned = dst.as_ptr() as usize % STREAM_ALIGN;
-            ((STREAM_ALIGN - misaligned) % STREAM_ALIGN / size_of::<A>()).min(dst.len())
-        }
-        Theta::InPlace(_) => 0,
-    }
+    const LINE: usize = 64;
+    let (addr, len) = match &u.theta {
+        Theta::Into { dst, .. } => (dst.as_ptr() as usize, dst.len()),
+        Theta::InPlace(t) => (t.as_ptr() as usize, t.len()),
+    };
+    ((LINE - addr % LINE) % LINE / size_of::<A>()).min(len)
 }
 
 #[inline(always)]
@@ -164,14 +174,13 @@ pub(crate) fn sweep_prev<A: Element, P: Pack<A>, O: LanewisePrev<A>>(
     op: O,
     streaming: bool,
 ) {
-    let u = if streaming {
-        let head = unaligned_head(&u);
-        let (head, rest) = u.split_at(head);
-        scalar_prev(head, op);
-        rest
+    let head = if streaming || u.len() >= ALIGN_MIN_LEN {
+        unaligned_head(&u)
     } else {
-        u
+        0
     };
+    let (head, u) = u.split_at(head);
+    scalar_prev(head, op);
     packs_prev::<A, P, O>(tok, u, op, streaming);
 }
 

@@ -16,6 +16,8 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod hypergradient;
 pub(crate) mod metasgd;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod x86;
 // Without the `simd` feature only the scalar forms run; the pack loop stays
 // compiled (and type-checked) but unused.
 #[cfg_attr(not(feature = "simd"), allow(dead_code))]

@@ -18,7 +18,7 @@ use burn::optim::grad_clipping::GradientClipping;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, OptimizerRecord, StateSource};
 use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
-use metasgd_core::{NonFinitePolicy, Rule, SlicePlan, SliceStep, Verdict};
+use metasgd_core::{Rule, SlicePlan, SliceStep, Verdict};
 
 use burn::optim::RecordState;
 
@@ -130,7 +130,7 @@ macro_rules! with_rank {
 /// settings, loaded states, and every group's non-finite policy over all
 /// its gradients. A step that cannot run changes no parameter and no state;
 /// the module comes back as it was and the error is recorded
-/// ([`Self::take_errors`]). Under [`NonFinitePolicy::Skip`] a group with a
+/// ([`Self::take_errors`]). Under [`NonFinitePolicy::Skip`](metasgd_core::NonFinitePolicy::Skip) a group with a
 /// non-finite gradient skips (its counters say so).
 pub struct ModuleMetaSGD {
     groups: Vec<Group>,
@@ -522,11 +522,10 @@ impl<'a, A: BurnElement> Pass<'a, A> {
                 *m.slot_lr = m.lr;
             }
         }
-        // The policy was applied by the plan; the run only checks lengths.
-        let config = meta
+        // The plan applied the non-finite policy and clipping; the run
+        // reads only the kernel's settings.
+        let verdict = meta
             .config_as::<A>(self.lr)
-            .with_non_finite(NonFinitePolicy::Propagate);
-        let verdict = config
             .run_slice_list(plan, &mut self.list)
             .map_err(|e| (self.lent_index(&e), e))?;
         for m in &mut self.members {

@@ -6,6 +6,8 @@
 mod common;
 use common::*;
 
+use std::ops::Range;
+
 use burn::module::{Param, ParamGroup, ParamId};
 use burn::optim::grad_clipping::GradientClipping;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -25,18 +27,20 @@ fn meta(k: usize, rule: Rule<f64>) -> MetaSGD {
 /// Base rates of a schedule that changes the rate (the rates are rescaled).
 const LRS: [f64; 4] = [0.1, 0.1, 0.05, 0.05];
 
-fn per_tensor(optim: &mut ModuleOptimizer, mut n: Net, from: usize, dtype: DType) -> Net {
-    for (step, lr) in LRS.iter().enumerate().skip(from) {
+/// Steps `steps` of the schedule with `ModuleOptimizer`.
+fn per_tensor(optim: &mut ModuleOptimizer, mut n: Net, steps: Range<usize>, dtype: DType) -> Net {
+    for step in steps {
         let g = grads(&n, step as u64, dtype);
-        n = optim.step(*lr, n, g);
+        n = optim.step(LRS[step], n, g);
     }
     n
 }
 
-fn module(optim: &mut ModuleMetaSGD, mut n: Net, from: usize, dtype: DType) -> Net {
-    for (step, lr) in LRS.iter().enumerate().skip(from) {
+/// Steps `steps` of the schedule with `ModuleMetaSGD`.
+fn module(optim: &mut ModuleMetaSGD, mut n: Net, steps: Range<usize>, dtype: DType) -> Net {
+    for step in steps {
         let g = grads(&n, step as u64, dtype);
-        n = optim.step(*lr, n, g);
+        n = optim.step(LRS[step], n, g);
     }
     n
 }
@@ -70,9 +74,9 @@ fn module_states<A: metasgd_burn::BurnElement>(optim: &ModuleMetaSGD, n: &Net) -
 fn check_same_bits<A: metasgd_burn::BurnElement>(dtype: DType, rule: Rule<f64>) {
     let m = meta(3, rule);
     let mut burn = m.init();
-    let a = per_tensor(&mut burn, net(dtype), 0, dtype);
+    let a = per_tensor(&mut burn, net(dtype), 0..LRS.len(), dtype);
     let mut ours = ModuleMetaSGD::new(m.clone());
-    let b = module(&mut ours, net(dtype), 0, dtype);
+    let b = module(&mut ours, net(dtype), 0..LRS.len(), dtype);
     assert_eq!(bits(&params::<A>(&a)), bits(&params::<A>(&b)), "{dtype:?}");
     assert_ne!(bits(&params::<A>(&b)), bits(&params::<A>(&net(dtype))));
     let want = states::<A>(&burn, &a);
@@ -121,44 +125,33 @@ fn records_load_both_ways() {
         let m = meta(2, rule);
         let dtype = DType::F32;
         let mut whole = ModuleMetaSGD::new(m.clone());
-        let want = bits(&params::<f32>(&module(&mut whole, net(dtype), 0, dtype)));
+        let want = bits(&params::<f32>(&module(
+            &mut whole,
+            net(dtype),
+            0..LRS.len(),
+            dtype,
+        )));
 
         let mut first = m.init();
-        let half = per_tensor_until(&mut first, net(dtype), 2, dtype);
+        let half = per_tensor(&mut first, net(dtype), 0..2, dtype);
         let mut second = ModuleMetaSGD::new(m.clone())
             .load_record(first.to_record())
             .unwrap();
-        let got = module(&mut second, half, 2, dtype);
+        let got = module(&mut second, half, 2..LRS.len(), dtype);
         assert_eq!(bits(&params::<f32>(&got)), want, "burn -> ours, {rule:?}");
 
         let mut first = ModuleMetaSGD::new(m.clone());
-        let half = module_until(&mut first, net(dtype), 2, dtype);
+        let half = module(&mut first, net(dtype), 0..2, dtype);
         let dir = std::env::temp_dir().join(format!("metasgd-burn-module-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("optim.bpk");
         first.save(&path).unwrap();
         let mut second = m.init().load(&path).unwrap();
-        let got = per_tensor(&mut second, half, 2, dtype);
+        let got = per_tensor(&mut second, half, 2..LRS.len(), dtype);
         assert_eq!(bits(&params::<f32>(&got)), want, "ours -> burn, {rule:?}");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(m.take_errors().is_empty());
     }
-}
-
-fn per_tensor_until(optim: &mut ModuleOptimizer, mut n: Net, to: usize, dtype: DType) -> Net {
-    for (step, lr) in LRS.iter().enumerate().take(to) {
-        let g = grads(&n, step as u64, dtype);
-        n = optim.step(*lr, n, g);
-    }
-    n
-}
-
-fn module_until(optim: &mut ModuleMetaSGD, mut n: Net, to: usize, dtype: DType) -> Net {
-    for (step, lr) in LRS.iter().enumerate().take(to) {
-        let g = grads(&n, step as u64, dtype);
-        n = optim.step(*lr, n, g);
-    }
-    n
 }
 
 #[test]
@@ -171,16 +164,16 @@ fn groups_and_clipping_as_in_burn() {
     let mut burn = ModuleOptimizer::from(all.clone())
         .with_grad_clipping(clip())
         .with_group(group(), fast.clone(), None);
-    let a = per_tensor(&mut burn, n, 0, dtype);
+    let a = per_tensor(&mut burn, n, 0..LRS.len(), dtype);
     let mut ours = ModuleMetaSGD::new(all.clone())
         .with_grad_clipping(clip())
         .with_group(group(), fast, None);
-    let b = module(&mut ours, net(dtype), 0, dtype);
+    let b = module(&mut ours, net(dtype), 0..LRS.len(), dtype);
     assert_eq!(bits(&params::<f32>(&a)), bits(&params::<f32>(&b)));
     // The group took effect: with every parameter in the first group, `b`
     // (K = 2 instead of 1) ends elsewhere.
     let mut single = ModuleMetaSGD::new(all).with_grad_clipping(clip());
-    let c = module(&mut single, net(dtype), 0, dtype);
+    let c = module(&mut single, net(dtype), 0..LRS.len(), dtype);
     assert_eq!(bits(&params::<f32>(&c))[0], bits(&params::<f32>(&b))[0]);
     assert_ne!(bits(&params::<f32>(&c))[1], bits(&params::<f32>(&b))[1]);
 }
@@ -211,7 +204,7 @@ fn refused(optim: &mut ModuleMetaSGD, n: Net, g: GradientsParams, expect: &str) 
 fn a_step_that_cannot_run_changes_nothing() {
     let dtype = DType::F32;
     let mut optim = ModuleMetaSGD::new(meta(1, Rule::Reference));
-    let n = module_until(&mut optim, net(dtype), 2, dtype);
+    let n = module(&mut optim, net(dtype), 0..2, dtype);
 
     // A gradient of another shape, another dtype, for the last parameter:
     // the first two are not stepped either.
@@ -260,7 +253,7 @@ fn the_skip_policy_skips_the_whole_group() {
     let dtype = DType::F32;
     let skip = MetaSGD::new(MetaSGDConfig::<f64>::default().with_non_finite(NonFinitePolicy::Skip));
     let mut optim = ModuleMetaSGD::new(skip);
-    let n = module_until(&mut optim, net(dtype), 1, dtype);
+    let n = module(&mut optim, net(dtype), 0..1, dtype);
     let before = bits(&params::<f32>(&n));
     let mut g = grads(&n, 7, dtype);
     g.remove::<1>(n.b.id);

@@ -151,35 +151,29 @@ fn plain<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
     }
 }
 
-fn plain_avx2<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn inner<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+/// `$name`: [`plain`] compiled with `#[target_feature(enable = $feature)]`,
+/// run where the CPU has it (else the plain build).
+macro_rules! plain_for {
+    ($name:ident, $feature:tt) => {
+        fn $name<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = $feature)]
+                fn inner<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
+                    plain(theta, alpha, grad)
+                }
+                if std::is_x86_feature_detected!($feature) {
+                    // SAFETY: the CPU has the feature, checked just above.
+                    return unsafe { inner(theta, alpha, grad) };
+                }
+            }
             plain(theta, alpha, grad)
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { inner(theta, alpha, grad) };
-        }
-    }
-    plain(theta, alpha, grad)
+    };
 }
 
-fn plain_avx512<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn inner<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
-            plain(theta, alpha, grad)
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { inner(theta, alpha, grad) };
-        }
-    }
-    plain(theta, alpha, grad)
-}
+plain_for!(plain_avx2, "avx2");
+plain_for!(plain_avx512, "avx512f");
 
 fn triad<A: Element>(theta: &mut [A], alpha: &mut [A], grad: &[A]) {
     let s = A::from(0.5).unwrap_or(A::ZERO);

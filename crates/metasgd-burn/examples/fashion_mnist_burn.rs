@@ -308,15 +308,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hypergradient = metasgd_run(&run, &args, &init, default_rule, epochs, name)?;
     let mut done = Vec::new();
     for t in extra {
-        let (rule, lr) = (
-            if t.0 {
-                Rule::hypergradient()
-            } else {
-                Rule::Reference
-            },
-            t.1,
-        );
-        let curve = metasgd_run(&run, &args, &init, (rule, lr), epochs, common::run_name(t))?;
+        let curve = metasgd_run(
+            &run,
+            &args,
+            &init,
+            common::run_setting(t),
+            epochs,
+            common::run_name(t),
+        )?;
         bar.suspend(|| println!("  {}: final test accuracy {:.4}", curve.name, curve.last()));
         done.push((t, curve.last()));
     }

@@ -407,15 +407,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let mut done = Vec::new();
     for t in extra {
-        let (rule, lr) = (
-            if t.0 {
-                Rule::hypergradient()
-            } else {
-                Rule::Reference
-            },
-            t.1,
-        );
-        let curve = metasgd_run(&run, &init, (rule, lr), common::run_name(t))?.0;
+        let curve = metasgd_run(&run, &init, common::run_setting(t), common::run_name(t))?.0;
         bar.suspend(|| println!("  {}: final test accuracy {:.4}", curve.name, curve.last()));
         done.push((t, curve.last()));
     }

@@ -285,6 +285,18 @@ pub fn robustness_runs(args: &Common) -> Vec<TableRun> {
         .collect()
 }
 
+/// A table run's rule and base rate.
+pub fn run_setting<A: metasgd_core::kernels::Element>(
+    (hypergradient, lr): TableRun,
+) -> (metasgd_core::Rule<A>, f64) {
+    let rule = if hypergradient {
+        metasgd_core::Rule::hypergradient()
+    } else {
+        metasgd_core::Rule::Reference
+    };
+    (rule, lr)
+}
+
 /// A table run's name.
 pub fn run_name((hypergradient, lr): TableRun) -> String {
     let label = if hypergradient {

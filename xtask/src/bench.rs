@@ -159,16 +159,6 @@ fn incache_run(bin: &Path) -> Result<(String, Timings), String> {
     Ok((level, map))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Target 2: the default build (runtime dispatch) against a native build, in cache, 1 thread.
 fn incache(default_bin: &Path, native_bin: &Path, out: &Path) -> Result<(), String> {
     println!();
@@ -198,7 +188,7 @@ fn incache(default_bin: &Path, native_bin: &Path, out: &Path) -> Result<(), Stri
         String::from("dtype,size,default_ns_per_elem,native_ns_per_elem,throughput_ratio\n");
     let mut worst = f64::INFINITY;
     for ((ty, n), (mut d, mut nat)) in samples {
-        let (d, nat) = (median(&mut d), median(&mut nat));
+        let (d, nat) = (crate::median(&mut d), crate::median(&mut nat));
         let ratio = nat / d; // throughput of default relative to native
         worst = worst.min(ratio);
         println!("  {ty:<5} {n:>6} {d:>16.4} {nat:>16.4} {ratio:>8.3}");
